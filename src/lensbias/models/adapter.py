@@ -1,0 +1,162 @@
+"""Models, stage 1 of 3: the one place lensbias calls TransformerLens.
+
+Every construction, weight load and hooked forward pass goes through this module, so a
+later move from HookedTransformer/HookedEncoder to TransformerBridge touches one file.
+Weights are never processed (no fold_ln, no centring): a pair of models stays comparable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+_DEPRECATION = r"Hooked(Transformer|Encoder)(\.from_pretrained)? is deprecated"
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence TransformerLens 3.9's own deprecation notice, and only that one."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_DEPRECATION, category=DeprecationWarning)
+        yield
+
+
+def build_decoder(config: dict[str, Any], state_dict: dict[str, torch.Tensor] | None = None,
+                  tokenizer: Any = None) -> Any:
+    """A HookedTransformer from a plain config dict (HookedTransformerConfig fields).
+
+    With ``state_dict`` the weights are loaded as they are (strict, no processing).
+    """
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(**config)
+    with _quiet():
+        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    if state_dict is not None:
+        _load_exact(model, state_dict)
+    return model.eval()
+
+
+def build_encoder(config: dict[str, Any], state_dict: dict[str, torch.Tensor] | None = None,
+                  tokenizer: Any = None) -> Any:
+    """A HookedEncoder (BERT) from a plain config dict; weights loaded as they are."""
+    from transformer_lens import HookedEncoder, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(**config)
+    with _quiet():
+        model = HookedEncoder(cfg, tokenizer=tokenizer, move_to_device=False)
+    if state_dict is not None:
+        _load_exact(model, state_dict)
+    return model.eval()
+
+
+def from_pretrained(name: str, device: str = "cpu") -> Any:
+    """A TransformerLens pretrained model by name (needs the hub), with no weight processing."""
+    from transformer_lens import HookedTransformer
+
+    with _quiet():
+        return HookedTransformer.from_pretrained_no_processing(name, device=device).eval()
+
+
+def _load_exact(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Copy weights in, checking every name and shape (buffers such as masks may be absent)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict and not _is_buffer(model, k)]
+    unexpected = [k for k in state_dict if k not in own]
+    if missing or unexpected:
+        raise ValueError(f"state dict mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for k, v in state_dict.items():
+        if own[k].shape != v.shape:
+            raise ValueError(f"{k}: checkpoint shape {tuple(v.shape)} != model {tuple(own[k].shape)}")
+    model.load_state_dict(state_dict, strict=False)
+
+
+def _is_buffer(model: torch.nn.Module, key: str) -> bool:
+    return key in dict(model.named_buffers())
+
+
+def to_device(model: Any, device: str) -> Any:
+    """Move a model only when it is elsewhere (TransformerLens prints on every move)."""
+    first = next(model.parameters(), None)
+    if first is not None and first.device == torch.device(device):
+        return model
+    return model.to(device)
+
+
+def is_encoder(model: Any) -> bool:
+    """True for a bidirectional encoder (HookedEncoder), False for a causal LM."""
+    from transformer_lens import HookedEncoder
+
+    return isinstance(model, HookedEncoder)
+
+
+def hook_names(model: Any) -> list[str]:
+    """Every hook point name of the model, as TransformerLens spells them."""
+    return list(model.hook_dict.keys())
+
+
+def default_hooks(model: Any) -> list[str]:
+    """The residual stream after every block, as the model's next block reads it.
+
+    ``blocks.{l}.hook_resid_post`` for a pre-LN decoder; for a post-LN encoder (BERT)
+    ``blocks.{l}.hook_normalized_resid_post``, which equals BertModel's hidden_states[l+1].
+    """
+    hook = "hook_normalized_resid_post" if is_encoder(model) else "hook_resid_post"
+    return [f"blocks.{layer}.{hook}" for layer in range(model.cfg.n_layers)]
+
+
+def run_hooks(model: Any, tokens: torch.Tensor, hooks: Sequence[str],
+              attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """One forward pass that keeps only ``hooks`` and stops after the last block needed.
+
+    Returns ``{hook: [batch, pos, d]}``. Uses forward hooks (no full cache is built).
+    """
+    got: dict[str, torch.Tensor] = {}
+
+    def keep(name: str) -> Callable[[torch.Tensor, Any], None]:
+        def fn(act: torch.Tensor, hook: Any) -> None:
+            got[name] = act.detach()
+        return fn
+
+    fwd = [(h, keep(h)) for h in hooks]
+    with torch.inference_mode():
+        if is_encoder(model):
+            with model.hooks(fwd_hooks=fwd):
+                model(tokens, return_type=None, one_zero_attention_mask=attention_mask)
+        else:
+            stop = _stop_layer(model, hooks)
+            with model.hooks(fwd_hooks=fwd):
+                model(tokens, return_type=None, stop_at_layer=stop,
+                      attention_mask=attention_mask)
+    return {h: got[h] for h in hooks}
+
+
+def _stop_layer(model: Any, hooks: Sequence[str]) -> int | None:
+    """The first block that no requested hook needs, or None when the whole model is needed."""
+    last = -1
+    for h in hooks:
+        if h.startswith("blocks."):
+            last = max(last, int(h.split(".")[1]))
+        else:
+            return None
+    return last + 1 if last + 1 < model.cfg.n_layers else None
+
+
+def logits(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """Next-token logits ``[batch, pos, d_vocab]`` of a causal model."""
+    with torch.inference_mode():
+        return model(tokens, return_type="logits")
+
+
+def official_name(name: str) -> str | None:
+    """TransformerLens' canonical name for a pretrained model alias, or None if unknown."""
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    try:
+        return get_official_model_name(name)
+    except ValueError:
+        return None

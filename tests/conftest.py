@@ -1,0 +1,63 @@
+"""Shared fixtures: a tiny random HookedTransformer with a BPE tokenizer, and small datasets.
+
+Shapes are distinct (d_model 36, 3 heads of 12, d_mlp 60, 2 layers) so a transposition
+cannot pass unnoticed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lensbias.concepts.schema import ConceptDataset, Example, Span
+from lensbias.models import LoadedModel
+from lensbias.models.adapter import build_decoder
+from lensbias.models.tokenizer import BPETokenizer
+
+CORPUS = [
+    "The cat sat on the mat. The dogs ran in the park.",
+    "def add(a, b):\n    return a + b\n",
+    "A quick brown fox jumps over the lazy dog while cats sleep.",
+    "for i in range(10):\n    print(i * 2)\n",
+] * 5
+
+
+@pytest.fixture(scope="session")
+def bpe() -> BPETokenizer:
+    return BPETokenizer.train(CORPUS, vocab_size=300)
+
+
+def make_lm(tokenizer: BPETokenizer, seed: int = 0, n_ctx: int = 64) -> LoadedModel:
+    cfg = dict(n_layers=2, d_model=36, n_heads=3, d_head=12, d_mlp=60,
+               d_vocab=tokenizer.vocab_size, n_ctx=n_ctx, act_fn="gelu",
+               normalization_type="LN", seed=seed)
+    torch.manual_seed(seed)
+    model = build_decoder(cfg)
+    counts = np.arange(tokenizer.vocab_size)[::-1].astype(np.int64)
+    return LoadedModel(f"random-{seed}", model, tokenizer, "test", counts)
+
+
+@pytest.fixture()
+def tiny_lm(bpe: BPETokenizer) -> LoadedModel:
+    return make_lm(bpe)
+
+
+def word_dataset(texts: list[str], name: str = "words") -> ConceptDataset:
+    """Every whitespace-separated word labelled: kind=long/short by length, first letter."""
+    examples = []
+    for i, text in enumerate(texts):
+        spans, pos = [], 0
+        for word in text.split():
+            start = text.index(word, pos)
+            pos = start + len(word)
+            spans.append(Span(start, pos, {"kind": "long" if len(word) > 3 else "short",
+                                           "initial": word[0].lower()}))
+        examples.append(Example(f"ex{i}", text, tuple(spans),
+                                {"domain": "code" if "def" in text else "prose"}))
+    return ConceptDataset(name, tuple(examples))
+
+
+@pytest.fixture()
+def small_dataset() -> ConceptDataset:
+    return word_dataset(CORPUS[:4] * 3)
