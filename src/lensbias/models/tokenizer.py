@@ -87,7 +87,8 @@ class BPETokenizer:
         from transformers import PreTrainedTokenizerFast
 
         return PreTrainedTokenizerFast(tokenizer_object=self._tok, bos_token=BOS,
-                                       eos_token=BOS, pad_token=BOS, add_bos_token=True)
+                                       eos_token=BOS, pad_token=BOS, add_bos_token=True,
+                                       name_or_path="lensbias-bpe")
 
 
 class HFTokenizer:

@@ -1,0 +1,1 @@
+"""Concept-probe definitions shipped with lensbias (YAML), importable as lensbias.probe_sets."""

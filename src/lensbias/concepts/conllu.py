@@ -1,0 +1,253 @@
+"""Concepts, stage 2: CoNLL-U treebanks (UD English EWT, GUM) read into labelled examples.
+
+One sentence becomes one Example whose text is the sentence's ``# text =`` line.
+
+Character spans. The reader walks the ``# text`` line with the *surface tokens* of the
+sentence (plain words, plus multiword-token lines such as ``3-4 didn't``); each surface form
+is looked up at the cursor after skipping whitespace, so ``SpaceAfter=No`` needs no special
+care and a missing space is tolerated. Empty nodes (ids like ``8.1``) have no surface form
+and get no span.
+
+Multiword tokens (MWT). The surface range ``didn't`` belongs to the MWT line; its syntactic
+words are ``did`` and ``n't``. Rule: if the word forms, concatenated, spell the surface form
+exactly (``did`` + ``n't`` = ``didn't``; ``Zurbarán`` + ``’s``), the range is split and each
+word labels exactly the characters that spell it -- every character then belongs to the one
+word it spells. Otherwise (forms were normalised, e.g. ``gonna`` -> ``going to``) the whole
+range carries the labels of the MWT's syntactic head: the first of its words whose HEAD lies
+outside the MWT (the first word if none does). The rule is in ``_mwt_spans``.
+
+Token label sets (only where the treebank gives a value): ``upos``; ``deprel`` with the
+subtype dropped (``nmod:poss`` -> ``nmod``); and the features ``Tense``, ``Number``,
+``VerbForm``, ``Person``, ``Mood``.
+
+Sequence labels: ``domain`` ("prose"), ``corpus`` ("ewt" / "gum"), ``genre`` (GUM: the
+``# meta::genre`` comment, else the file name ``GUM_<genre>_<name>``; EWT: the sent_id
+prefix ``weblog-``, ``newsgroup-``, ``email-``, ``reviews-``, ``answers-``), ``split`` and
+``doc`` (the ``# newdoc id``, else the sent_id minus its trailing ``-NNNN``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lensbias.concepts.schema import Example, Span
+from lensbias.errors import LensbiasError
+
+FEATURES: tuple[str, ...] = ("Tense", "Number", "VerbForm", "Person", "Mood")
+"""Morphological features kept as token label sets."""
+
+EWT_GENRES: tuple[str, ...] = ("answers", "email", "newsgroup", "reviews", "weblog")
+
+
+@dataclass(frozen=True)
+class Word:
+    """One syntactic word of a CoNLL-U sentence (an integer-id line)."""
+
+    index: int
+    form: str
+    upos: str
+    feats: str
+    head: str
+    deprel: str
+    misc: str
+
+
+@dataclass(frozen=True)
+class MultiwordToken:
+    """A surface token ``first-last`` that spells several syntactic words."""
+
+    first: int
+    last: int
+    form: str
+
+
+@dataclass(frozen=True)
+class Sentence:
+    """A parsed sentence: its comments, words and multiword tokens."""
+
+    comments: dict[str, str]
+    words: tuple[Word, ...]
+    multiword: tuple[MultiwordToken, ...]
+    new_paragraph: bool = False
+    doc_comments: dict[str, str] = field(default_factory=dict)
+
+
+def read_sentences(lines: Iterable[str]) -> Iterator[Sentence]:
+    """Parse CoNLL-U lines into sentences; document-level comments are carried forward."""
+    doc_comments: dict[str, str] = {}
+    comments: dict[str, str] = {}
+    rows: list[list[str]] = []
+    new_paragraph = False
+    for raw in lines:
+        line = raw.rstrip("\r\n")
+        if not line.strip():
+            if rows:
+                yield _make_sentence(comments, rows, new_paragraph, doc_comments)
+            comments, rows, new_paragraph = {}, [], False
+        elif line.startswith("#"):
+            key, value = _parse_comment(line)
+            if key == "newdoc id":
+                doc_comments = {}
+            if key in ("newpar", "newpar id"):
+                new_paragraph = True
+            if key == "newdoc id" or key.startswith("meta::"):
+                doc_comments[key] = value
+            comments[key] = value
+        else:
+            rows.append(line.split("\t"))
+    if rows:
+        yield _make_sentence(comments, rows, new_paragraph, doc_comments)
+
+
+def _parse_comment(line: str) -> tuple[str, str]:
+    body = line[1:].strip()
+    key, _, value = body.partition("=")
+    return key.strip(), value.strip()
+
+
+def _make_sentence(
+    comments: dict[str, str], rows: list[list[str]], new_paragraph: bool, doc: dict[str, str]
+) -> Sentence:
+    words: list[Word] = []
+    multiword: list[MultiwordToken] = []
+    for cols in rows:
+        if len(cols) != 10:
+            raise LensbiasError(f"CoNLL-U line has {len(cols)} columns, expected 10: {cols[:2]}")
+        ident = cols[0]
+        if "-" in ident:
+            first, last = ident.split("-", 1)
+            multiword.append(MultiwordToken(int(first), int(last), cols[1]))
+        elif "." not in ident:  # empty nodes (8.1) have no surface form
+            words.append(Word(int(ident), cols[1], cols[3], cols[5], cols[6], cols[7], cols[9]))
+    return Sentence(dict(comments), tuple(words), tuple(multiword), new_paragraph, dict(doc))
+
+
+def word_labels(word: Word) -> dict[str, str]:
+    """The token label sets of one word (``upos``, coarse ``deprel``, kept features)."""
+    labels: dict[str, str] = {}
+    if word.upos not in ("", "_"):
+        labels["upos"] = word.upos
+    if word.deprel not in ("", "_"):
+        labels["deprel"] = word.deprel.split(":", 1)[0]
+    if word.feats not in ("", "_"):
+        for pair in word.feats.split("|"):
+            name, _, value = pair.partition("=")
+            if name in FEATURES and value:
+                labels[name] = value
+    return labels
+
+
+def sentence_spans(sentence: Sentence, text: str) -> tuple[Span, ...]:
+    """Character spans of the sentence's words in ``text`` (see the module docstring)."""
+    by_index = {word.index: word for word in sentence.words}
+    mwt_by_first = {mwt.first: mwt for mwt in sentence.multiword}
+    spans: list[Span] = []
+    cursor = 0
+    index = 1
+    last_index = max(by_index, default=0)
+    while index <= last_index:
+        mwt = mwt_by_first.get(index)
+        if mwt is None and index not in by_index:
+            index += 1
+            continue
+        form = mwt.form if mwt else by_index[index].form
+        start = _locate(text, form, cursor, sentence)
+        cursor = start + len(form)
+        if mwt:
+            words = [by_index[i] for i in range(mwt.first, mwt.last + 1) if i in by_index]
+            spans.extend(_mwt_spans(mwt, words, start))
+            index = mwt.last + 1
+        else:
+            spans.append(Span(start, cursor, word_labels(by_index[index])))
+            index += 1
+    return tuple(spans)
+
+
+def _locate(text: str, form: str, cursor: int, sentence: Sentence) -> int:
+    while cursor < len(text) and text[cursor].isspace():
+        cursor += 1
+    if text.startswith(form, cursor):
+        return cursor
+    found = text.find(form, cursor)
+    if found < 0:
+        sent_id = sentence.comments.get("sent_id", "?")
+        raise LensbiasError(
+            f"sentence {sent_id}: word {form!r} not found in its '# text' after character "
+            f"{cursor}; fix the treebank's text line or the word form"
+        )
+    return found
+
+
+def _mwt_spans(mwt: MultiwordToken, words: list[Word], start: int) -> list[Span]:
+    """Split the MWT range by word forms when they spell it; else label it by its head."""
+    if words and "".join(word.form for word in words) == mwt.form:
+        spans = []
+        for word in words:
+            if word.form:
+                spans.append(Span(start, start + len(word.form), word_labels(word)))
+            start += len(word.form)
+        return spans
+    inside = {str(i) for i in range(mwt.first, mwt.last + 1)}
+    heads = [word for word in words if word.head not in inside]
+    chosen = heads[0] if heads else (words[0] if words else None)
+    labels = word_labels(chosen) if chosen else {}
+    return [Span(start, start + len(mwt.form), labels)]
+
+
+def sentence_seq_labels(sentence: Sentence, corpus: str, split: str, genre: str) -> dict[str, str]:
+    """The sequence-level labels of one sentence."""
+    sent_id = sentence.comments.get("sent_id", "")
+    doc = sentence.doc_comments.get("newdoc id") or sent_id.rsplit("-", 1)[0]
+    labels = {"domain": "prose", "corpus": corpus, "genre": genre, "split": split, "doc": doc}
+    return {key: value for key, value in labels.items() if value}
+
+
+def ewt_genre(sent_id: str) -> str:
+    """The EWT genre from a sent_id such as ``weblog-blogspot.com_...-0001``."""
+    prefix = sent_id.split("-", 1)[0]
+    return prefix if prefix in EWT_GENRES else ""
+
+
+def gum_genre(sentence: Sentence, file_stem: str) -> str:
+    """The GUM genre from ``# meta::genre``, else from the file name ``GUM_<genre>_...``."""
+    genre = sentence.doc_comments.get("meta::genre", "")
+    if genre:
+        return genre
+    parts = file_stem.split("_")
+    return parts[1] if len(parts) > 2 and parts[0] == "GUM" else ""
+
+
+def read_conllu(path: str | Path, corpus: str, split: str) -> list[Example]:
+    """Read one CoNLL-U file of ``corpus`` ("ewt" or "gum") into examples, in file order."""
+    path = Path(path)
+    examples = []
+    with path.open(encoding="utf-8") as handle:
+        for sentence in read_sentences(handle):
+            examples.append(sentence_example(sentence, corpus, split, path.stem))
+    return examples
+
+
+def sentence_example(sentence: Sentence, corpus: str, split: str, file_stem: str) -> Example:
+    """One sentence as an Example (id = sent_id)."""
+    sent_id = sentence.comments.get("sent_id", "")
+    text = sentence.comments.get("text")
+    if text is None:
+        raise LensbiasError(f"sentence {sent_id or '?'} in {file_stem} has no '# text =' line")
+    genre = ewt_genre(sent_id) if corpus == "ewt" else gum_genre(sentence, file_stem)
+    seq = sentence_seq_labels(sentence, corpus, split, genre)
+    return Example(sent_id, text, sentence_spans(sentence, text), seq)
+
+
+def read_paragraphs(path: str | Path) -> list[str]:
+    """The document's paragraphs (``# newpar`` boundaries), sentences joined by a space."""
+    paragraphs: list[list[str]] = []
+    with Path(path).open(encoding="utf-8") as handle:
+        for sentence in read_sentences(handle):
+            text = sentence.comments.get("text", "")
+            if sentence.new_paragraph or not paragraphs:
+                paragraphs.append([])
+            if text:
+                paragraphs[-1].append(text)
+    return [" ".join(sentences) for sentences in paragraphs if sentences]

@@ -1,0 +1,95 @@
+"""The command line: success paths on a model folder, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import CORPUS, make_lm, word_dataset
+from lensbias.cli import main
+from lensbias.concepts.jsonl import write_jsonl
+from lensbias.models import load_model
+from lensbias.models.tiny import save_model_folder
+from lensbias.store import ActivationStore
+
+
+@pytest.fixture()
+def model_dir(bpe, tmp_path) -> Path:
+    lm = make_lm(bpe)
+    tok_file = tmp_path / "tok.json"
+    bpe.save(tok_file)
+    folder = tmp_path / "model"
+    save_model_folder(folder, _config(lm), lm.model, tok_file,
+                      torch.as_tensor(lm.token_counts), {"name": "random"}, "# test model\n")
+    return folder
+
+
+def _config(lm) -> dict:
+    cfg = lm.model.cfg
+    return dict(n_layers=cfg.n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads,
+                d_head=cfg.d_head, d_mlp=cfg.d_mlp, d_vocab=cfg.d_vocab, n_ctx=cfg.n_ctx,
+                act_fn=cfg.act_fn, normalization_type=cfg.normalization_type)
+
+
+@pytest.fixture()
+def data_file(tmp_path) -> Path:
+    path = tmp_path / "words.jsonl"
+    write_jsonl(word_dataset(CORPUS), path)
+    return path
+
+
+def test_folder_model_round_trips(bpe, model_dir):
+    lm = make_lm(bpe)
+    loaded = load_model(model_dir)
+    assert loaded.source == "folder"
+    assert loaded.weights_hash() == lm.weights_hash()
+
+
+def test_cache_then_summary(model_dir, data_file, tmp_path, capsys):
+    out = tmp_path / "c.h5"
+    assert main(["cache", str(model_dir), "-d", str(data_file), "-o", str(out), "-q"]) == 0
+    with ActivationStore(out) as store:
+        assert store.hooks == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    assert main(["summary", str(out), "--concept", "kind"]) == 0
+    text = capsys.readouterr().out
+    row = next(line for line in text.splitlines() if line.startswith("kind"))
+    accuracies = [float(x) for x in row.split()[2:]]
+    assert len(accuracies) == 3 and all(0.0 <= a <= 1.0 for a in accuracies)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["cache", "no-such-model", "-d", "ud-ewt"], "unknown model 'no-such-model'"),
+    (["cache", "tiny-mixed", "-d", "no-such-data"], "no-such-data"),
+    (["summary", "missing.h5"], "does not exist"),
+    (["cache"], "Missing argument"),
+    (["nonsense-command"], "No such command"),
+])
+def test_user_errors_are_one_line_exit_2(argv, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "lensbias", *argv],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("lensbias: error:"), proc.stderr
+    assert message in lines[0]
+    assert not list(tmp_path.rglob("*.h5"))
+
+
+def test_bad_jsonl_names_the_line(model_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "fine"}) + "\n{not json\n")
+    assert main(["cache", str(model_dir), "-d", str(bad), "-o", str(tmp_path / "x.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl:2:" in err and err.count("\n") == 1
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_unwritable_output_folder(model_dir, data_file, tmp_path, capsys):
+    out = tmp_path / "missing-dir" / "c.h5"
+    assert main(["cache", str(model_dir), "-d", str(data_file), "-o", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
