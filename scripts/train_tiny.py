@@ -14,7 +14,6 @@ import argparse
 import hashlib
 import json
 import re
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +22,8 @@ import torch
 
 from lensbias.concepts.stdlib import is_held_out, stdlib_files
 from lensbias.models.adapter import build_decoder
-from lensbias.models.tiny import TINY_MIXTURES, WEIGHTS_DIR, save_model_folder, tiny_config
+from lensbias.models.folder import save_folder
+from lensbias.models.tiny import TINY_MIXTURES, WEIGHTS_DIR, tiny_config
 from lensbias.models.tokenizer import BPETokenizer
 from lensbias.models.train import TrainConfig, bits_per_byte, train_lm
 
@@ -136,40 +136,38 @@ def main() -> None:
     print(f"prose train {prose_chars:,} chars, code train {sum(map(len, code_train)):,} chars")
 
     tok = BPETokenizer.train(prose_train + balanced_code, VOCAB)
-    with tempfile.TemporaryDirectory() as tmp:
-        tok_path = Path(tmp) / "tokenizer.json"
-        tok.save(tok_path)
-        streams = {"code": stream(tok, code_train), "prose": stream(tok, prose_train)}
-        corpus = {f"{k}_tokens": len(v) for k, v in streams.items()}
-        print(corpus)
-        for name in args.only or list(TINY_MIXTURES):
-            mix = TINY_MIXTURES[name]
-            cfg = TrainConfig(steps=args.steps, seed=0)
-            torch.manual_seed(cfg.seed)
-            tl_config = tiny_config(VOCAB, seed=cfg.seed)
-            model = build_decoder(tl_config)
-            start = time.perf_counter()
+    streams = {"code": stream(tok, code_train), "prose": stream(tok, prose_train)}
+    corpus = {f"{k}_tokens": len(v) for k, v in streams.items()}
+    print(corpus)
+    for name in args.only or list(TINY_MIXTURES):
+        mix = TINY_MIXTURES[name]
+        cfg = TrainConfig(steps=args.steps, seed=0)
+        torch.manual_seed(cfg.seed)
+        tl_config = tiny_config(VOCAB, seed=cfg.seed)
+        model = build_decoder(tl_config)
+        start = time.perf_counter()
 
-            def log(step: int, loss: float, secs: float) -> None:
-                if step % 100 == 0 or step == cfg.steps - 1:
-                    print(f"{name} step {step} loss {loss:.3f} {secs:.0f}s", flush=True)
+        def log(step: int, loss: float, secs: float) -> None:
+            if step % 100 == 0 or step == cfg.steps - 1:
+                print(f"{name} step {step} loss {loss:.3f} {secs:.0f}s", flush=True)
 
-            losses = train_lm(model, [streams["code"], streams["prose"]],
-                              [mix["code"], mix["prose"]], cfg, tok.bos_id, log)
-            seconds = time.perf_counter() - start
-            enc = lambda t: tok.encode(t).ids[1:]  # noqa: E731 (drop BOS)
-            bpb = {"code (held-out stdlib)": bits_per_byte(model, code_eval, enc, tok.bos_id, 256),
-                   "prose (GUM dev)": bits_per_byte(model, prose_eval, enc, tok.bos_id, 256)}
-            counts = (torch.bincount(torch.from_numpy(streams["code"]).long(), minlength=VOCAB) * mix["code"]
-                      + torch.bincount(torch.from_numpy(streams["prose"]).long(), minlength=VOCAB) * mix["prose"])
-            final = float(np.mean(losses[-50:]))
-            n_params = sum(p.numel() for p in model.parameters())
-            meta = {"name": name, "mixture": mix, "train": json.loads(json.dumps(cfg.__dict__)),
-                    "final_loss": final, "bits_per_byte": bpb, "corpus": corpus,
-                    "train_seconds": round(seconds, 1)}
-            save_model_folder(args.out / name, tl_config, model, tok_path, counts.round(),
-                              meta, card(name, cfg, n_params, final, bpb, corpus, seconds, mix))
-            print(name, json.dumps(bpb), flush=True)
+        losses = train_lm(model, [streams["code"], streams["prose"]],
+                          [mix["code"], mix["prose"]], cfg, tok.bos_id, log)
+        seconds = time.perf_counter() - start
+        enc = lambda t: tok.encode(t).ids[1:]  # noqa: E731 (drop BOS)
+        bpb = {"code (held-out stdlib)": bits_per_byte(model, code_eval, enc, tok.bos_id, 256),
+               "prose (GUM dev)": bits_per_byte(model, prose_eval, enc, tok.bos_id, 256)}
+        counts = (torch.bincount(torch.from_numpy(streams["code"]).long(), minlength=VOCAB) * mix["code"]
+                  + torch.bincount(torch.from_numpy(streams["prose"]).long(), minlength=VOCAB) * mix["prose"])
+        final = float(np.mean(losses[-50:]))
+        n_params = sum(p.numel() for p in model.parameters())
+        meta = {"name": name, "mixture": mix, "train": json.loads(json.dumps(cfg.__dict__)),
+                "final_loss": final, "bits_per_byte": bpb, "corpus": corpus,
+                "train_seconds": round(seconds, 1)}
+        save_folder(args.out / name, model, tok, meta, counts.round().numpy(),
+                    {"MODEL_CARD.md": card(name, cfg, n_params, final, bpb, corpus, seconds, mix)},
+                    force=True)
+        print(name, json.dumps(bpb), flush=True)
 
 
 if __name__ == "__main__":

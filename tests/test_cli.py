@@ -8,32 +8,20 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import CORPUS, make_lm, word_dataset
 from lensbias.cli import main
 from lensbias.concepts.jsonl import write_jsonl
 from lensbias.models import load_model
-from lensbias.models.tiny import save_model_folder
+from lensbias.models.folder import save_folder
 from lensbias.store import ActivationStore
 
 
 @pytest.fixture()
 def model_dir(bpe, tmp_path) -> Path:
     lm = make_lm(bpe)
-    tok_file = tmp_path / "tok.json"
-    bpe.save(tok_file)
-    folder = tmp_path / "model"
-    save_model_folder(folder, _config(lm), lm.model, tok_file,
-                      torch.as_tensor(lm.token_counts), {"name": "random"}, "# test model\n")
-    return folder
-
-
-def _config(lm) -> dict:
-    cfg = lm.model.cfg
-    return dict(n_layers=cfg.n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads,
-                d_head=cfg.d_head, d_mlp=cfg.d_mlp, d_vocab=cfg.d_vocab, n_ctx=cfg.n_ctx,
-                act_fn=cfg.act_fn, normalization_type=cfg.normalization_type)
+    return save_folder(tmp_path / "model", lm.model, bpe, {"name": "random"}, lm.token_counts,
+                       {"MODEL_CARD.md": "# test model\n"})
 
 
 @pytest.fixture()

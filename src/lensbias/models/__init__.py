@@ -1,4 +1,4 @@
-"""Models, stage 3 of 3: load any model lensbias can read, by one name or folder.
+"""Models, stage 4 of 4: load any model lensbias can read, by one name or folder.
 
 Built-in tiny models (``tiny-mixed``, ``tiny-code``, ``tiny-prose``), the MiniLM encoder
 (``all-MiniLM-L6-v2``), a local model folder, or a TransformerLens pretrained name (hub).
@@ -18,7 +18,8 @@ import torch
 from lensbias.errors import LensbiasError
 from lensbias.models import adapter
 from lensbias.models.tiny import TINY_NAMES, WEIGHTS_DIR
-from lensbias.models.tokenizer import BPETokenizer, HFTokenizer, TextTokenizer
+from lensbias.models.folder import load_folder
+from lensbias.models.tokenizer import HFTokenizer, TextTokenizer
 
 MINILM_NAME = "all-MiniLM-L6-v2"
 
@@ -87,26 +88,7 @@ def load_model(spec: str | Path, device: str = "cpu") -> LoadedModel:
 
 
 def _load_folder(folder: Path, name: str, source: str, device: str) -> LoadedModel:
-    from safetensors.torch import load_file
-
-    cfg_path = folder / "config.json"
-    if not cfg_path.exists():
-        raise LensbiasError(f"{folder} holds no config.json: not a lensbias model folder "
-                            f"(built-in names: {', '.join(TINY_NAMES)}, {MINILM_NAME})")
-    try:
-        meta = json.loads(cfg_path.read_text())
-        tl_config = meta["transformer_lens_config"]
-    except (json.JSONDecodeError, KeyError) as err:
-        raise LensbiasError(f"{cfg_path}: unreadable model config ({err})") from None
-    state = load_file(folder / "model.safetensors")
-    tok = BPETokenizer.from_file(folder / "tokenizer.json")
-    build = adapter.build_encoder if meta.get("architecture") == "encoder" else adapter.build_decoder
-    try:
-        model = build(tl_config, state, tokenizer=tok.to_transformers())
-    except ValueError as err:
-        raise LensbiasError(f"{folder}: weights do not fit the config ({err})") from None
-    counts_path = folder / "token_counts.safetensors"
-    counts = load_file(counts_path)["counts"].numpy() if counts_path.exists() else None
+    model, tok, counts, meta = load_folder(folder)
     return LoadedModel(name, adapter.to_device(model, device), tok, source, counts, meta)
 
 

@@ -33,7 +33,7 @@ def build_decoder(config: dict[str, Any], state_dict: dict[str, torch.Tensor] | 
     """
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    cfg = HookedTransformerConfig(**config)
+    cfg = HookedTransformerConfig(**_with_dtype(config))
     with _quiet():
         model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     if state_dict is not None:
@@ -46,12 +46,19 @@ def build_encoder(config: dict[str, Any], state_dict: dict[str, torch.Tensor] | 
     """A HookedEncoder (BERT) from a plain config dict; weights loaded as they are."""
     from transformer_lens import HookedEncoder, HookedTransformerConfig
 
-    cfg = HookedTransformerConfig(**config)
+    cfg = HookedTransformerConfig(**_with_dtype(config))
     with _quiet():
         model = HookedEncoder(cfg, tokenizer=tokenizer, move_to_device=False)
     if state_dict is not None:
         _load_exact(model, state_dict)
     return model.eval()
+
+
+def _with_dtype(config: dict[str, Any]) -> dict[str, Any]:
+    """A config whose ``dtype`` may be a string ('float32') as written by ``config_dict``."""
+    if isinstance(config.get("dtype"), str):
+        return {**config, "dtype": getattr(torch, config["dtype"])}
+    return config
 
 
 def from_pretrained(name: str, device: str = "cpu") -> Any:
@@ -160,3 +167,28 @@ def official_name(name: str) -> str | None:
         return get_official_model_name(name)
     except ValueError:
         return None
+
+
+def config_dict(model: Any) -> dict[str, Any]:
+    """The model's TransformerLens config as plain JSON data (``build_*`` reads it back)."""
+    import dataclasses
+    import json
+
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(model.cfg):
+        value = getattr(model.cfg, f.name)
+        if f.name == "dtype":
+            out["dtype"] = str(value).removeprefix("torch.")
+            continue
+        try:
+            json.dumps(value)
+        except TypeError:
+            continue
+        out[f.name] = value
+    out["device"] = "cpu"
+    return out
+
+
+def train_logits(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """Next-token logits ``[batch, pos, d_vocab]`` of a causal model, autograd on (training)."""
+    return model(tokens, return_type="logits")

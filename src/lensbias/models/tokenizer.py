@@ -96,6 +96,8 @@ class HFTokenizer:
 
     def __init__(self, tokenizer: Any, prepend_bos: bool = False):
         self._tok = tokenizer
+        self.hf = tokenizer
+        """The wrapped transformers tokenizer."""
         self.prepend_bos = prepend_bos and tokenizer.bos_token_id is not None
         self.vocab_size: int = len(tokenizer)
 

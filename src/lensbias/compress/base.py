@@ -1,0 +1,168 @@
+"""Compress, stage 3: the method interface, the recipe that records a run, and the driver.
+
+A ``MatrixMethod`` rewrites one ``[out, in]`` matrix at a time (optionally from its input
+statistics); the driver walks blocks in order and feeds each block the activations of the
+already-compressed blocks before it, as SparseGPT's and Wanda's reference code do. A
+``ModelMethod`` sees the whole model (global or structured pruning, layer removal, distillation).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from lensbias import __version__
+from lensbias.compress.calib import CalibConfig, calibration_tokens, collect_inputs, tokens_fingerprint
+from lensbias.compress.linear import LinearView, Targets, linear_views
+from lensbias.errors import LensbiasError
+from lensbias.models import LoadedModel
+
+
+class MatrixMethod:
+    """One matrix at a time. Subclasses set ``name``, ``needs_inputs`` and ``compress``."""
+
+    name: ClassVar[str] = ""
+    needs_inputs: ClassVar[bool] = False
+    """True when ``compress`` needs the input statistics (calibration data)."""
+    needs_xtx: ClassVar[bool] = True
+    """False when the statistics may skip XᵀX (the costly part), e.g. Wanda's column norms."""
+
+    def compress(self, weight: Tensor, stats: Any) -> Tensor:  # stats: InputStats | None
+        raise NotImplementedError
+
+    def stored_bits(self, view: LinearView, weight: Tensor) -> float:
+        """Bits needed to store the compressed matrix (default: 16 per nonzero weight)."""
+        return 16.0 * float((weight != 0).sum())
+
+
+class ModelMethod:
+    """The whole model at once; returns the compressed model (shape may change)."""
+
+    name: ClassVar[str] = ""
+    needs_inputs: ClassVar[bool] = False
+
+    def apply(self, lm: LoadedModel, views: list[LinearView], tokens: Tensor | None) -> LoadedModel:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides a compressed model: written beside its weights."""
+
+    method: str
+    """Registered method name (``lensbias compress --help`` lists them)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """The method's level and options, e.g. ``{"sparsity": 0.5}`` or ``{"bits": 4}``."""
+    targets: Targets = Targets()
+    """Which matrices are touched."""
+    calib: CalibConfig = CalibConfig()
+    """Calibration / distillation data (ignored by data-free methods)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "params": dict(self.params),
+                "targets": dataclasses.asdict(self.targets), "calib": dataclasses.asdict(self.calib)}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Recipe:
+        targets = dict(raw.get("targets", {}))
+        if targets.get("layers") is not None:
+            targets["layers"] = tuple(targets["layers"])
+        return cls(raw["method"], dict(raw.get("params", {})), Targets(**targets),
+                   CalibConfig(**raw.get("calib", {})))
+
+
+@dataclass
+class Compressed:
+    """A compressed model with its recipe and provenance."""
+
+    lm: LoadedModel
+    recipe: Recipe
+    provenance: dict[str, Any]
+    """Original model name and weights hash, calibration fingerprint, lensbias version."""
+    stored_bits: dict[str, float] = field(default_factory=dict)
+    """Per-parameter storage estimate in bits, for matrices the method rewrote."""
+
+
+METHODS: dict[str, type[MatrixMethod] | type[ModelMethod]] = {}
+
+
+def register(cls: type) -> type:
+    """Class decorator: make a method available by its ``name``."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def make_method(name: str, params: dict[str, Any]) -> MatrixMethod | ModelMethod:
+    if name not in METHODS:
+        raise LensbiasError(f"unknown compression method {name!r}; choose from "
+                            f"{', '.join(sorted(METHODS))}")
+    accepted = method_params(name)
+    extra = sorted(set(params) - set(accepted))
+    if extra:
+        raise LensbiasError(f"method {name} does not take {', '.join(extra)}; it takes "
+                            f"{', '.join(accepted) or 'no options'}")
+    return METHODS[name](**params)
+
+
+def method_params(name: str) -> list[str]:
+    """The options a registered method's constructor accepts."""
+    import inspect
+
+    sig = inspect.signature(METHODS[name].__init__)
+    return [p for p in sig.parameters if p != "self"]
+
+
+def compress(lm: LoadedModel, recipe: Recipe) -> Compressed:
+    """Compress a copy of ``lm`` by ``recipe``; ``lm`` itself is not touched."""
+    method = make_method(recipe.method, recipe.params)
+    work = dataclasses.replace(lm, model=copy.deepcopy(lm.model), name=f"{lm.name}+{recipe.method}")
+    views = recipe.targets.select(linear_views(work.model, encoder=lm.is_encoder))
+    if not views:
+        raise LensbiasError(f"targets {recipe.targets.label()} select no weight matrix")
+    tokens = calibration_tokens(lm, recipe.calib) if method.needs_inputs else None
+    provenance = {"original": lm.name, "original_weights_sha256": lm.weights_hash(),
+                  "lensbias_version": __version__,
+                  "calib_tokens_sha256": tokens_fingerprint(tokens) if tokens is not None else None,
+                  "calib_tokens": list(tokens.shape) if tokens is not None else None}
+    torch.manual_seed(recipe.calib.seed)
+    bits: dict[str, float] = {}
+    if isinstance(method, ModelMethod):
+        work = method.apply(work, views, tokens)
+    else:
+        bits = _run_matrices(method, work, views, tokens)
+    _check_finite(work)
+    return Compressed(work, recipe, provenance, bits)
+
+
+def _run_matrices(method: MatrixMethod, lm: LoadedModel, views: list[LinearView],
+                  tokens: Tensor | None) -> dict[str, float]:
+    if method.needs_inputs and any(v.input_hook is None for v in views):
+        raise LensbiasError(f"method {method.name} needs input activations; the embedding has "
+                            "none: turn embeddings off")
+    bits: dict[str, float] = {}
+    order = sorted({(math.inf if v.layer is None and v.group == "unembed" else
+                     -1 if v.layer is None else v.layer) for v in views})
+    for step in order:
+        group = [v for v in views if (math.inf if v.layer is None and v.group == "unembed"
+                                      else -1 if v.layer is None else v.layer) == step]
+        stats = (collect_inputs(lm.model, tokens, [v.input_hook for v in group],
+                                encoder=lm.is_encoder, with_xtx=method.needs_xtx)
+                 if method.needs_inputs else {})
+        for view in group:
+            new = method.compress(view.read(lm.model), stats.get(view.input_hook))
+            view.write(lm.model, new)
+            bits[view.param] = method.stored_bits(view, new)
+    return bits
+
+
+def _check_finite(lm: LoadedModel) -> None:
+    for name, p in lm.model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise LensbiasError(f"compression produced NaN/Inf in {name}; the setting is too "
+                                "aggressive for this model (nothing was saved)")

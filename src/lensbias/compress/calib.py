@@ -1,0 +1,158 @@
+"""Compress, stage 2: calibration data as an explicit, recorded choice, and input statistics.
+
+``calibration_tokens`` draws ``n_seqs`` windows of ``seq_len`` tokens from a domain's text
+with a seeded generator (same seed, same tokens); ``collect_inputs`` runs the model over
+them and accumulates what compressors need per input hook: XᵀX, Σ|x|, Σx².
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from lensbias.concepts.jsonl import read_jsonl
+from lensbias.concepts.registry import DATA_DIR, load_dataset
+from lensbias.errors import LensbiasError
+from lensbias.models import LoadedModel, adapter
+
+DOMAINS = ("code", "prose", "mixed", "c")
+
+
+@dataclass(frozen=True)
+class CalibConfig:
+    """Which text the compressor sees, and how much of it."""
+
+    domain: str = "code"
+    """'code' (Python stdlib, training side), 'prose' (GUM train paragraphs), 'mixed'
+    (half each), 'c' (C headers), or a path to a .txt / .jsonl(.gz) file of your own."""
+    n_seqs: int = 128
+    """Number of calibration sequences (Wanda/SparseGPT default: 128)."""
+    seq_len: int = 256
+    """Tokens per sequence, BOS included; capped at the model's n_ctx."""
+    seed: int = 0
+    """Seeds the choice of windows."""
+
+    def __post_init__(self) -> None:
+        if self.n_seqs < 1 or self.seq_len < 2:
+            raise LensbiasError(f"calibration needs n_seqs >= 1 and seq_len >= 2, got "
+                                f"{self.n_seqs} and {self.seq_len}")
+
+
+def domain_texts(domain: str) -> list[str]:
+    """The documents of a calibration domain (a built-in name or a file path)."""
+    if domain == "code":
+        return [e.text for e in read_jsonl(DATA_DIR / "calib-code.jsonl.gz").examples]
+    if domain == "prose":
+        return [e.text for e in read_jsonl(DATA_DIR / "calib-prose.jsonl.gz").examples]
+    if domain == "c":
+        return [e.text for e in load_dataset("c-headers").examples]
+    if domain == "mixed":
+        raise ValueError("mixed is drawn from code and prose separately")
+    return _user_texts(Path(domain))
+
+
+def _user_texts(path: Path) -> list[str]:
+    if not path.exists():
+        raise LensbiasError(f"calibration domain {str(path)!r} is neither one of "
+                            f"{', '.join(DOMAINS)} nor an existing file")
+    if path.name.endswith((".jsonl", ".jsonl.gz")):
+        texts = [e.text for e in read_jsonl(path).examples]
+    else:
+        try:
+            texts = [path.read_text(encoding="utf-8")]
+        except UnicodeDecodeError:
+            raise LensbiasError(f"calibration file {path} is not UTF-8 text") from None
+    if not any(t.strip() for t in texts):
+        raise LensbiasError(f"calibration file {path} holds no text")
+    return texts
+
+
+def calibration_tokens(lm: LoadedModel, cfg: CalibConfig) -> Int[Tensor, "n_seqs seq_len"]:
+    """``n_seqs`` windows, each BOS/CLS-led, drawn reproducibly from the domain's token stream."""
+    seq_len = min(cfg.seq_len, lm.n_ctx)
+    rng = np.random.default_rng(cfg.seed)
+    if cfg.domain == "mixed":
+        halves = [_windows(lm, domain_texts(d), n, seq_len, rng)
+                  for d, n in (("code", (cfg.n_seqs + 1) // 2), ("prose", cfg.n_seqs // 2))]
+        return torch.cat([h for h in halves if len(h)])
+    return _windows(lm, domain_texts(cfg.domain), cfg.n_seqs, seq_len, rng)
+
+
+def _windows(lm: LoadedModel, texts: Sequence[str], n: int, seq_len: int,
+             rng: np.random.Generator) -> Tensor:
+    head: list[int] = []
+    stream: list[int] = []
+    for text in texts:
+        enc = lm.tokenizer.encode(text)
+        real = [i for i, s in zip(enc.ids, enc.special) if not s]
+        head = head or [i for i, s in zip(enc.ids, enc.special) if s][:1]
+        stream.extend(real)
+    body = seq_len - len(head)
+    if len(stream) <= body:
+        raise LensbiasError(f"calibration text has {len(stream)} tokens; need more than {body}")
+    starts = rng.integers(0, len(stream) - body, size=n)
+    return torch.tensor([head + stream[s:s + body] for s in starts], dtype=torch.long)
+
+
+def tokens_fingerprint(tokens: Tensor) -> str:
+    """sha256 of the calibration token ids: the data's identity in a recipe."""
+    return hashlib.sha256(tokens.to(torch.int64).numpy().tobytes()).hexdigest()
+
+
+class InputStats:
+    """Running statistics of one input hook, over calibration tokens (float64)."""
+
+    def __init__(self, d: int, with_xtx: bool = True):
+        self.n = 0
+        self.xtx: Float[Tensor, "d d"] | None = (torch.zeros(d, d, dtype=torch.float64)
+                                                 if with_xtx else None)
+        self.abs_sum: Float[Tensor, " d"] = torch.zeros(d, dtype=torch.float64)
+        self.sq_sum: Float[Tensor, " d"] = torch.zeros(d, dtype=torch.float64)
+
+    def update(self, x: Float[Tensor, "tokens d"]) -> None:
+        x = x.to(torch.float64)
+        self.n += x.shape[0]
+        if self.xtx is not None:
+            self.xtx += x.T @ x
+        self.abs_sum += x.abs().sum(0)
+        self.sq_sum += (x * x).sum(0)
+
+    @property
+    def hessian(self) -> Float[Tensor, "d d"]:
+        """SparseGPT/GPTQ's H = (2/n) XᵀX."""
+        if self.xtx is None:
+            raise ValueError("these statistics were collected without XᵀX")
+        return 2.0 * self.xtx / max(self.n, 1)
+
+    @property
+    def col_norm(self) -> Float[Tensor, " d"]:
+        """Wanda's ‖X_j‖₂ over all calibration tokens."""
+        return self.sq_sum.sqrt()
+
+    @property
+    def mean_abs(self) -> Float[Tensor, " d"]:
+        """ASVD/AWQ's mean |x_j|."""
+        return self.abs_sum / max(self.n, 1)
+
+
+def collect_inputs(model: torch.nn.Module, tokens: Tensor, hooks: Sequence[str],
+                   batch_size: int = 16, encoder: bool = False,
+                   with_xtx: bool = True) -> dict[str, InputStats]:
+    """Statistics of every hook in ``hooks`` over all calibration tokens (specials included,
+    as the reference implementations do)."""
+    stats: dict[str, InputStats] = {}
+    unique = list(dict.fromkeys(hooks))
+    for start in range(0, len(tokens), batch_size):
+        batch = tokens[start:start + batch_size]
+        mask = torch.ones_like(batch) if encoder else None
+        for hook, act in adapter.run_hooks(model, batch, unique, attention_mask=mask).items():
+            flat = act.reshape(-1, act[0, 0].numel())
+            stats.setdefault(hook, InputStats(flat.shape[1], with_xtx)).update(flat)
+    return stats
