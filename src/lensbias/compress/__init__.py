@@ -4,7 +4,7 @@ Importing this package registers every method (``METHODS``).
 """
 
 from lensbias.compress import (  # noqa: F401 (registration)
-    awq, gptq, lowrank, magnitude, quant, sparsegpt, wanda)
+    awq, distill, gptq, layerdrop, lowrank, magnitude, quant, sparsegpt, wanda)
 from lensbias.compress.base import METHODS, Compressed, Recipe, compress
 from lensbias.compress.calib import CalibConfig
 from lensbias.compress.linear import Targets

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -18,10 +17,10 @@ import torch
 from torch import Tensor
 
 from lensbias import __version__
-from lensbias.compress.calib import CalibConfig, calibration_tokens, collect_inputs, tokens_fingerprint
+from lensbias.compress.calib import CalibConfig, InputStats, calibration_tokens, tokens_fingerprint
 from lensbias.compress.linear import LinearView, Targets, linear_views
 from lensbias.errors import LensbiasError
-from lensbias.models import LoadedModel
+from lensbias.models import LoadedModel, adapter
 
 
 class MatrixMethod:
@@ -142,22 +141,69 @@ def compress(lm: LoadedModel, recipe: Recipe) -> Compressed:
 
 def _run_matrices(method: MatrixMethod, lm: LoadedModel, views: list[LinearView],
                   tokens: Tensor | None) -> dict[str, float]:
+    """Compress block by block. With calibration data, each block's input is the output of
+    the already-compressed blocks before it (kept in memory, one block run per layer)."""
     if method.needs_inputs and any(v.input_hook is None for v in views):
         raise LensbiasError(f"method {method.name} needs input activations; the embedding has "
                             "none: turn embeddings off")
     bits: dict[str, float] = {}
-    order = sorted({(math.inf if v.layer is None and v.group == "unembed" else
-                     -1 if v.layer is None else v.layer) for v in views})
-    for step in order:
-        group = [v for v in views if (math.inf if v.layer is None and v.group == "unembed"
-                                      else -1 if v.layer is None else v.layer) == step]
-        stats = (collect_inputs(lm.model, tokens, [v.input_hook for v in group],
-                                encoder=lm.is_encoder, with_xtx=method.needs_xtx)
-                 if method.needs_inputs else {})
-        for view in group:
-            new = method.compress(view.read(lm.model), stats.get(view.input_hook))
-            view.write(lm.model, new)
-            bits[view.param] = method.stored_bits(view, new)
+    model = lm.model
+    resid = ([adapter.block_input(model, b) for b in tokens.split(_CALIB_BATCH)]
+             if method.needs_inputs and tokens is not None else None)
+    last = max((v.layer for v in views if v.layer is not None), default=-1)
+    for view in [v for v in views if v.group == "embed"]:
+        bits.update(_apply(method, model, [view], {}))
+    for layer in range(last + 1):
+        group = [v for v in views if v.layer == layer]
+        stats = _block_stats(method, model, layer, resid, group)
+        bits.update(_apply(method, model, group, stats))
+        if resid is not None and (group or layer < last):
+            resid = [adapter.run_block(model, layer, r)[0] for r in resid]
+    unembed = [v for v in views if v.group == "unembed"]
+    if unembed:
+        stats = {}
+        if resid is not None:
+            for layer in range(last + 1, model.cfg.n_layers):
+                resid = [adapter.run_block(model, layer, r)[0] for r in resid]
+            stats = _accumulate({unembed[0].input_hook: [adapter.final_norm(model, r) for r in resid]},
+                                method.needs_xtx)
+        bits.update(_apply(method, model, unembed, stats))
+    return bits
+
+
+_CALIB_BATCH = 16
+
+
+def _block_stats(method: MatrixMethod, model: torch.nn.Module, layer: int,
+                 resid: list[Tensor] | None, group: list[LinearView]) -> dict[str, InputStats]:
+    if resid is None or not group:
+        return {}
+    hooks = list(dict.fromkeys(v.input_hook for v in group))
+    stats: dict[str, InputStats] = {}
+    for r in resid:
+        _, got = adapter.run_block(model, layer, r, hooks)
+        for h in hooks:
+            flat = got[h].reshape(-1, got[h][0, 0].numel())
+            stats.setdefault(h, InputStats(flat.shape[1], method.needs_xtx)).update(flat)
+    return stats
+
+
+def _accumulate(acts: dict[str, list[Tensor]], with_xtx: bool) -> dict[str, InputStats]:
+    stats: dict[str, InputStats] = {}
+    for hook, parts in acts.items():
+        for a in parts:
+            flat = a.reshape(-1, a.shape[-1])
+            stats.setdefault(hook, InputStats(flat.shape[1], with_xtx)).update(flat)
+    return stats
+
+
+def _apply(method: MatrixMethod, model: torch.nn.Module, group: list[LinearView],
+           stats: dict[str, InputStats]) -> dict[str, float]:
+    bits = {}
+    for view in group:
+        new = method.compress(view.read(model), stats.get(view.input_hook))
+        view.write(model, new)
+        bits[view.param] = method.stored_bits(view, new)
     return bits
 
 

@@ -117,12 +117,12 @@ class InputStats:
         self.sq_sum: Float[Tensor, " d"] = torch.zeros(d, dtype=torch.float64)
 
     def update(self, x: Float[Tensor, "tokens d"]) -> None:
-        x = x.to(torch.float64)
+        x = x.to(torch.float32)
         self.n += x.shape[0]
-        if self.xtx is not None:
-            self.xtx += x.T @ x
-        self.abs_sum += x.abs().sum(0)
-        self.sq_sum += (x * x).sum(0)
+        if self.xtx is not None:  # float32 product per batch, float64 running sum
+            self.xtx += (x.T @ x).to(torch.float64)
+        self.abs_sum += x.abs().sum(0, dtype=torch.float64)
+        self.sq_sum += (x * x).sum(0, dtype=torch.float64)
 
     @property
     def hessian(self) -> Float[Tensor, "d d"]:

@@ -142,6 +142,32 @@ def run_hooks(model: Any, tokens: torch.Tensor, hooks: Sequence[str],
     return {h: got[h] for h in hooks}
 
 
+def block_input(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """The residual stream entering block 0 (embeddings), ``[batch, pos, d_model]``."""
+    return run_hooks(model, tokens, ["blocks.0.hook_resid_pre"])["blocks.0.hook_resid_pre"]
+
+
+def run_block(model: Any, layer: int, resid: torch.Tensor, hooks: Sequence[str] = ()
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Run one block on its input residual stream; returns its output and the named hooks."""
+    got: dict[str, torch.Tensor] = {}
+
+    def keep(name: str) -> Callable[[torch.Tensor, Any], None]:
+        def fn(act: torch.Tensor, hook: Any) -> None:
+            got[name] = act.detach()
+        return fn
+
+    with torch.inference_mode(), model.hooks(fwd_hooks=[(h, keep(h)) for h in hooks]):
+        out = model.blocks[layer](resid)
+    return out, got
+
+
+def final_norm(model: Any, resid: torch.Tensor) -> torch.Tensor:
+    """What the unembedding reads: ``ln_final`` of the last residual stream (if any)."""
+    with torch.inference_mode():
+        return model.ln_final(resid) if hasattr(model, "ln_final") else resid
+
+
 def _stop_layer(model: Any, hooks: Sequence[str]) -> int | None:
     """The first block that no requested hook needs, or None when the whole model is needed."""
     last = -1

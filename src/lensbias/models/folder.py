@@ -24,6 +24,8 @@ from lensbias.models import adapter
 from lensbias.models.tokenizer import BPETokenizer, HFTokenizer, TextTokenizer
 
 FORMAT = "lensbias-model"
+_RESERVED = ("format", "format_version", "architecture", "tokenizer", "transformer_lens_config")
+"""config.json keys that describe the saved model itself: never taken from ``meta``."""
 
 
 def save_folder(folder: Path, model: torch.nn.Module, tokenizer: TextTokenizer,
@@ -45,9 +47,10 @@ def save_folder(folder: Path, model: torch.nn.Module, tokenizer: TextTokenizer,
             save_file({"counts": torch.as_tensor(np.asarray(token_counts), dtype=torch.int64)},
                       tmp / "token_counts.safetensors")
         kind = _save_tokenizer(tokenizer, tmp)
-        config = {"format": FORMAT, "format_version": 1,
+        config = {**{k: v for k, v in meta.items() if k not in _RESERVED},
+                  "format": FORMAT, "format_version": 1,
                   "architecture": "encoder" if adapter.is_encoder(model) else "decoder",
-                  "tokenizer": kind, "transformer_lens_config": adapter.config_dict(model), **meta}
+                  "tokenizer": kind, "transformer_lens_config": adapter.config_dict(model)}
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)

@@ -91,19 +91,29 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
 
 @torch.inference_mode()
 def bits_per_byte(model: torch.nn.Module, texts: Sequence[str], encode: Callable[[str], list[int]],
-                  bos_id: int, seq_len: int) -> float:
+                  bos_id: int, seq_len: int, batch_size: int = 16) -> float:
     """Total next-token loss in bits divided by the UTF-8 bytes of the predicted text.
 
     Each text is cut into windows of ``seq_len - 1`` tokens, each preceded by BOS; every
     non-BOS token is predicted once, so the figure is comparable across tokenizers.
+    Windows are batched (right-padded; padding is masked out of the loss).
     """
-    total_bits, total_bytes = 0.0, 0
+    windows, total_bytes = [], 0
     for text in texts:
         ids = encode(text)
         total_bytes += len(text.encode("utf-8"))
-        for i in range(0, len(ids), seq_len - 1):
-            window = torch.tensor([[bos_id, *ids[i:i + seq_len - 1]]])
-            logits = model(window, return_type="logits")
-            nats = F.cross_entropy(logits[0, :-1], window[0, 1:], reduction="sum")
-            total_bits += nats.item() / math.log(2)
-    return total_bits / max(1, total_bytes)
+        windows += [[bos_id, *ids[i:i + seq_len - 1]] for i in range(0, len(ids), seq_len - 1)]
+    total_nats = 0.0
+    for start in range(0, len(windows), batch_size):
+        batch = windows[start:start + batch_size]
+        width = max(map(len, batch))
+        tokens = torch.full((len(batch), width), bos_id, dtype=torch.long)
+        real = torch.zeros((len(batch), width), dtype=torch.bool)
+        for row, w in enumerate(batch):
+            tokens[row, :len(w)] = torch.tensor(w)
+            real[row, :len(w)] = True
+        logits = model(tokens, return_type="logits")
+        nats = F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(),
+                               reduction="none")
+        total_nats += float(nats[real[:, 1:].flatten()].sum())
+    return total_nats / math.log(2) / max(1, total_bytes)
