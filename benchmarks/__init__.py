@@ -1,0 +1,1 @@
+"""lensbias benchmarks: run all with ``python -m benchmarks`` (figures go to docs/)."""

@@ -1,0 +1,8 @@
+"""Behaviour: B's extra next-token loss against A, per stored token, and where it lands
+(frequency bucket, domain, concept class), beside bits per byte on held-out text."""
+
+from lensbias.behaviour.loss import (BehaviourReport, LossStats, behaviour_report,
+                                     compare_behaviour, token_losses)
+
+__all__ = ["BehaviourReport", "LossStats", "behaviour_report", "compare_behaviour",
+           "token_losses"]

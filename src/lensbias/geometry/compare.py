@@ -1,0 +1,293 @@
+"""Geometry, stage 2: compare the representation geometry of model A and compressed B
+per hook and domain, streaming over two aligned activation caches, plus CKA(A, B).
+
+Two passes per hook: (1) moments of A and B, their cross moments and a seeded row sample;
+(2) moments of the centred, L2-normalised rows. Nothing larger than a batch is held per row.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lensbias.errors import LensbiasError
+from lensbias.geometry import metrics as m
+from lensbias.store.reader import ActivationStore
+
+DOMAIN_LABEL_SET = "domain"
+DOMAINS = ("all", "code", "prose")
+METRICS = ("anisotropy", "anisotropy_z", "top1_share", "top3_share", "isoscore",
+           "effective_rank", "matrix_entropy", "DE", "SE", "anisotropy_k", "semantic_cv",
+           "razored_de", "twonn")
+"""Metric names, in report order (``twonn`` is NaN unless ``GeometryConfig.twonn``)."""
+
+
+@dataclass(frozen=True)
+class GeometryConfig:
+    """How much to read and sample."""
+
+    n_pairs: int = 5000
+    """Random token pairs for cosine anisotropy (drawn within a row sample of 2·n_pairs)."""
+    max_tokens: int | None = None
+    """Use a seeded random subset of this many stored rows (same rows for A and B); None = all."""
+    k: int = 4
+    """K of Compression Hacking's anisotropy_K."""
+    seed: int = 0
+    batch_tokens: int = 8192
+    """Rows read at a time."""
+    min_tokens: int = 32
+    """Domains with fewer tokens are skipped."""
+    twonn: bool = False
+    """Also estimate TwoNN intrinsic dimension on up to 2000 sampled rows (O(2000²·d))."""
+
+    def __post_init__(self) -> None:
+        if self.n_pairs < 1 or self.batch_tokens < 1 or self.k < 1 or self.min_tokens < 2:
+            raise ValueError("n_pairs, batch_tokens, k must be >= 1 and min_tokens >= 2")
+        if self.max_tokens is not None and self.max_tokens < 2:
+            raise ValueError(f"max_tokens must be >= 2, got {self.max_tokens}")
+
+
+@dataclass(frozen=True)
+class GeometryRow:
+    """The metrics of one model's activations at one hook on one domain."""
+
+    hook: str
+    layer: int | None
+    domain: str
+    model: str
+    """'A' (original) or 'B' (compressed)."""
+    n_tokens: int
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class CkaRow:
+    """Linear CKA between A's and B's activations at one hook on one domain's tokens."""
+
+    hook: str
+    layer: int | None
+    domain: str
+    n_tokens: int
+    cka: float
+
+
+@dataclass(frozen=True)
+class GeometryReport:
+    """Per-hook, per-domain geometry of A and B, and CKA(A, B) on hooks both caches hold."""
+
+    model_a: str
+    model_b: str
+    dataset: str
+    config: GeometryConfig
+    rows: list[GeometryRow] = field(default_factory=list)
+    cka: list[CkaRow] = field(default_factory=list)
+
+    def get(self, hook: str, domain: str, model: str) -> GeometryRow | None:
+        for row in self.rows:
+            if (row.hook, row.domain, row.model) == (hook, domain, model):
+                return row
+        return None
+
+    def changes(self) -> dict[tuple[str, str], dict[str, float]]:
+        """B − A of every metric, per (hook, domain) both models have."""
+        out = {}
+        for a in self.rows:
+            if a.model != "A":
+                continue
+            b = self.get(a.hook, a.domain, "B")
+            if b is not None:
+                out[(a.hook, a.domain)] = {k: b.metrics.get(k, math.nan) - v
+                                           for k, v in a.metrics.items()}
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``{"model_a", "model_b", "dataset", "config", "metrics": [names],
+        "rows": [{hook, layer, domain, model, n_tokens, <metric>: float|null, ...}],
+        "cka": [{hook, layer, domain, n_tokens, cka}]}`` (NaN written as null)."""
+        return {"model_a": self.model_a, "model_b": self.model_b, "dataset": self.dataset,
+                "config": asdict(self.config), "metrics": list(METRICS),
+                "rows": [{"hook": r.hook, "layer": r.layer, "domain": r.domain,
+                          "model": r.model, "n_tokens": r.n_tokens,
+                          **{k: _json(v) for k, v in r.metrics.items()}} for r in self.rows],
+                "cka": [{"hook": c.hook, "layer": c.layer, "domain": c.domain,
+                         "n_tokens": c.n_tokens, "cka": _json(c.cka)} for c in self.cka]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GeometryReport:
+        ids = ("hook", "layer", "domain", "model", "n_tokens")
+        rows = [GeometryRow(r["hook"], r["layer"], r["domain"], r["model"], int(r["n_tokens"]),
+                            {k: _unjson(v) for k, v in r.items() if k not in ids})
+                for r in data["rows"]]
+        cka = [CkaRow(c["hook"], c["layer"], c["domain"], int(c["n_tokens"]), _unjson(c["cka"]))
+               for c in data["cka"]]
+        return cls(data["model_a"], data["model_b"], data["dataset"],
+                   GeometryConfig(**data["config"]), rows, cka)
+
+
+def _json(v: float) -> float | None:
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+def _unjson(v: float | None) -> float:
+    return math.nan if v is None else float(v)
+
+
+def layer_of(hook: str) -> int | None:
+    """The block index in ``blocks.{l}.…``, or None for hooks outside the blocks."""
+    found = re.match(r"blocks\.(\d+)\.", hook)
+    return int(found.group(1)) if found else None
+
+
+def compare_geometry(store_a: ActivationStore, store_b: ActivationStore,
+                     config: GeometryConfig = GeometryConfig()) -> GeometryReport:
+    """Geometry of A and B per hook and domain ('all', 'code', 'prose' by the ``domain``
+    label; domains under ``config.min_tokens`` tokens skipped) and CKA(A, B) on common hooks.
+
+    Both caches must hold the same tokens (same dataset and tokenization); hooks held by
+    only one cache get that model's rows only.
+    """
+    _check_aligned(store_a, store_b)
+    domains = _domain_masks(store_a, config)
+    report = GeometryReport(store_a.model_name, store_b.model_name, store_a.dataset_name, config)
+    order = store_a.hooks + [h for h in store_b.hooks if h not in store_a.hooks]
+    for hook in order:
+        stores = {name: s for name, s in (("A", store_a), ("B", store_b)) if hook in s.hooks}
+        _compare_hook(hook, stores, domains, config, report)
+    return report
+
+
+def _check_aligned(a: ActivationStore, b: ActivationStore) -> None:
+    ta, tb = a.tokens(), b.tokens()
+    if a.n_tokens != b.n_tokens or not all(np.array_equal(ta[k], tb[k])
+                                           for k in ("ids", "example", "position")):
+        raise LensbiasError(f"caches {a.path} and {b.path} hold different tokens (another "
+                            "dataset, tokenizer or window); cache both models on the same data")
+
+
+def _domain_masks(store: ActivationStore, config: GeometryConfig) -> dict[str, np.ndarray]:
+    """Boolean row mask of every domain with enough tokens, within the ``max_tokens`` subset."""
+    n = store.n_tokens
+    chosen = np.ones(n, bool)
+    if config.max_tokens is not None and config.max_tokens < n:
+        chosen[:] = False
+        rng = np.random.default_rng(config.seed)
+        chosen[rng.choice(n, config.max_tokens, replace=False)] = True
+    masks = {"all": chosen}
+    if DOMAIN_LABEL_SET in store.label_sets:
+        labels = store.labels(DOMAIN_LABEL_SET)
+        for index, name in enumerate(store.classes(DOMAIN_LABEL_SET)):
+            masks[name] = chosen & (labels == index)
+    return {d: mask for d, mask in masks.items() if mask.sum() >= config.min_tokens}
+
+
+def _sample_rows(mask: np.ndarray, size: int, seed: int) -> np.ndarray:
+    rows = np.flatnonzero(mask)
+    if len(rows) <= size:
+        return rows
+    return np.sort(np.random.default_rng(seed).choice(rows, size, replace=False))
+
+
+def _batches(stores: dict[str, ActivationStore], hook: str, batch_tokens: int
+             ) -> Any:
+    """``(start, {model: [b, d] float32})`` for consecutive row ranges of every store."""
+    n = next(iter(stores.values())).n_tokens
+    for start in range(0, n, batch_tokens):
+        rows = slice(start, min(start + batch_tokens, n))
+        yield start, {name: s.activations(hook, rows) for name, s in stores.items()}
+
+
+def _compare_hook(hook: str, stores: dict[str, ActivationStore], domains: dict[str, np.ndarray],
+                  config: GeometryConfig, report: GeometryReport) -> None:
+    dims = {name: s.d(hook) for name, s in stores.items()}
+    paired = len(stores) == 2
+    moments: dict[tuple[str, str], m.Moments] = {}
+    cross: dict[str, m.CrossMoments] = {}
+    for domain in domains:
+        if paired:
+            cross[domain] = m.CrossMoments(dims["A"], dims["B"])
+            moments[(domain, "A")], moments[(domain, "B")] = cross[domain].x, cross[domain].y
+        else:
+            for name in stores:
+                moments[(domain, name)] = m.Moments(dims[name])
+    samples = {d: _sample_rows(mask, 2 * config.n_pairs, config.seed) for d, mask in domains.items()}
+    picked: dict[tuple[str, str], list[np.ndarray]] = {(d, s): [] for d in domains for s in stores}
+
+    # pass 1: moments, cross moments, row samples
+    for start, acts in _batches(stores, hook, config.batch_tokens):
+        stop = start + len(next(iter(acts.values())))
+        for domain, mask in domains.items():
+            local = np.flatnonzero(mask[start:stop])
+            if not len(local):
+                continue
+            rows = {name: a[local] for name, a in acts.items()}
+            if paired:
+                cross[domain].update(rows["A"], rows["B"])
+            else:
+                for name, x in rows.items():
+                    moments[(domain, name)].update(x)
+            sample = samples[domain]
+            in_batch = sample[(sample >= start) & (sample < stop)] - start
+            for name, a in acts.items():
+                picked[(domain, name)].append(a[in_batch])
+
+    # pass 2: second moments of the centred, L2-normalised rows
+    normed = {key: m.Moments(mo.d) for key, mo in moments.items()}
+    means = {key: mo.mean for key, mo in moments.items()}
+    for start, acts in _batches(stores, hook, config.batch_tokens):
+        stop = start + len(next(iter(acts.values())))
+        for domain, mask in domains.items():
+            local = np.flatnonzero(mask[start:stop])
+            if len(local):
+                for name, a in acts.items():
+                    normed[(domain, name)].update(m.normalise_rows(a[local], means[(domain, name)]))
+
+    layer = layer_of(hook)
+    for domain in domains:
+        for name in stores:
+            key = (domain, name)
+            sample = np.concatenate(picked[key]) if picked[key] else np.zeros((0, dims[name]))
+            values = _metrics(moments[key], normed[key], sample, config)
+            report.rows.append(GeometryRow(hook, layer, domain, name, moments[key].n, values))
+        if paired:
+            report.cka.append(CkaRow(hook, layer, domain, cross[domain].n, cross[domain].cka()))
+
+
+def _metrics(mo: m.Moments, normed: m.Moments, sample: np.ndarray, config: GeometryConfig
+             ) -> dict[str, float]:
+    cov = mo.cov
+    std = np.sqrt(np.clip(np.diag(cov), 0, None))
+    out = {"anisotropy": m.anisotropy(sample, config.n_pairs, config.seed),
+           "anisotropy_z": m.anisotropy_zscored(sample, config.n_pairs, config.seed,
+                                                mean=mo.mean, std=std),
+           "top1_share": m.top_dim_variance_share(cov, 1),
+           "top3_share": m.top_dim_variance_share(cov, 3),
+           "isoscore": m.isoscore(cov=cov),
+           "effective_rank": m.effective_rank(cov=cov),
+           "matrix_entropy": m.matrix_entropy(cov)}
+    out.update(m.compression_metrics(normed.second_moment, config.k))
+    out["twonn"] = (m.twonn_dimension(sample, seed=config.seed) if config.twonn else math.nan)
+    return {k: float(out[k]) for k in METRICS}
+
+
+def track_losses(report: GeometryReport, losses: dict[tuple[str, str], float]
+                 ) -> dict[str, float]:
+    """Spearman ρ, per metric, between B − A changes and concept losses over the
+    (hook, domain) keys both have; NaN where fewer than 3 keys or a constant side."""
+    from scipy.stats import spearmanr
+
+    changes = report.changes()
+    keys = [k for k in changes if k in losses and math.isfinite(losses[k])]
+    loss = np.asarray([losses[k] for k in keys], np.float64)
+    out = {}
+    for metric in METRICS:
+        delta = np.asarray([changes[k].get(metric, math.nan) for k in keys], np.float64)
+        ok = np.isfinite(delta)
+        if ok.sum() < 3 or np.ptp(delta[ok]) == 0 or np.ptp(loss[ok]) == 0:
+            out[metric] = math.nan
+        else:
+            out[metric] = float(spearmanr(delta[ok], loss[ok]).statistic)
+    return out
