@@ -236,3 +236,34 @@ def test_config_validation():
         SAEConfig(architecture="jumprelu")
     with pytest.raises(ValueError):
         SAEConfig(training_tokens=10, batch_size=256)
+
+
+def test_outlier_tokens_are_excluded_and_counted(stores, sae_dir, tmp_path):
+    def spike(x: np.ndarray) -> np.ndarray:
+        x[:5] *= 100.0
+        return x
+
+    spiked = _replace_acts(stores["a"], tmp_path / "spiked.h5", spike)
+    sae = load_sae(sae_dir)
+    with ActivationStore(stores["a"]) as a, ActivationStore(spiked) as b:
+        report = FeatureSurvival(sae).compare(a, b, HOOK)
+    out = report.summary["outliers"]
+    assert out["b"] == 5 and out["a"] == 0 and out["excluded"] == 5
+    assert report.summary["n_compared"] == report.summary["n_tokens"] - 5
+    assert all(f.verdict == "survived" for f in report.features if f.verdict != "inactive")
+
+
+def test_row_iterator_is_seeded_shuffled_and_covers_every_row(stores):
+    from lensbias.saes.train import StoreActivations
+
+    with ActivationStore(stores["a"]) as store:
+        x = store.activations(HOOK, slice(0, 1000))
+        it = StoreActivations(store, HOOK, 100, 0, 1000, seed=3, chunk_tokens=256)
+        first_pass = torch.cat([next(it) for _ in range(10)]).numpy()
+        again = StoreActivations(store, HOOK, 100, 0, 1000, seed=3, chunk_tokens=256)
+        assert np.array_equal(next(again).numpy(), first_pass[:100])
+        next(it)  # endless: a second pass starts
+    assert first_pass.shape == (1000, 36)
+    assert not np.array_equal(first_pass, x)  # shuffled
+    order = np.lexsort(first_pass.T[::-1])
+    np.testing.assert_array_equal(first_pass[order], x[np.lexsort(x.T[::-1])])

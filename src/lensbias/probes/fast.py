@@ -106,6 +106,12 @@ def _lbfgs(Z: torch.Tensor, target: torch.Tensor, n_classes: int, l2: float, max
            tol: float) -> tuple[np.ndarray, np.ndarray, int]:
     """Minimise mean cross-entropy + l2/2·||W||² from zero; returns (W, b, iterations)."""
     n_out = 1 if n_classes == 2 else n_classes
+    # Precondition: W = V·P with P ≈ (Σ/4 + l2·I)^(-1/2), the inverse square root of the
+    # objective's curvature at zero. Same objective and optimum, far fewer iterations.
+    cov = (Z.T @ Z).double() / len(Z)
+    eigval, eigvec = torch.linalg.eigh(cov)
+    precond = (eigvec / torch.sqrt(eigval.clamp(min=0) / 4 + l2)).T.to(Z.dtype)  # [d, d]
+    Zp = Z @ precond.T
     weight = torch.zeros(n_out, Z.shape[1], requires_grad=True)
     bias = torch.zeros(n_out, requires_grad=True)
     binary_target = target.to(Z.dtype)[:, None] if n_out == 1 else None
@@ -115,16 +121,16 @@ def _lbfgs(Z: torch.Tensor, target: torch.Tensor, n_classes: int, l2: float, max
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        logits = torch.addmm(bias, Z, weight.T)
+        logits = torch.addmm(bias, Zp, weight.T)
         if n_out == 1:
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, binary_target)
         else:
             loss = torch.nn.functional.cross_entropy(logits, target)
-        loss = loss + 0.5 * l2 * weight.pow(2).sum()
+        loss = loss + 0.5 * l2 * (weight @ precond).pow(2).sum()
         loss.backward()
         return loss
 
     optimizer.step(closure)
     state = optimizer.state[optimizer._params[0]]
-    return (weight.detach().numpy().copy(), bias.detach().numpy().copy(),
+    return ((weight.detach() @ precond).numpy().copy(), bias.detach().numpy().copy(),
             int(state.get("n_iter", 0)))
