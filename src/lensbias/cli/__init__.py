@@ -12,6 +12,7 @@ import click
 from lensbias import __version__
 from lensbias.cli.cache import cache
 from lensbias.cli.compress import compress
+from lensbias.cli.diff import diff, report
 from lensbias.cli.listing import datasets, models
 from lensbias.cli.summary import summary
 from lensbias.errors import LensbiasError
@@ -25,6 +26,8 @@ def cli() -> None:
 
 cli.add_command(cache)
 cli.add_command(compress)
+cli.add_command(diff)
+cli.add_command(report)
 cli.add_command(models)
 cli.add_command(datasets)
 cli.add_command(summary)

@@ -3,7 +3,8 @@
 For each concept and hook: a probe trained on original model A's activations; its accuracy
 on A; ``transfer``, the same probe applied unchanged to compressed model B's activations of
 the same tokens; ``retrained``, a probe trained on B; cosines between A's and B's probe and
-difference-of-means directions against a ceiling from two halves of A's training examples;
+difference-of-means directions against a ceiling from two halves of A's training examples
+(and the A-vs-B cosine across the same halves, which shares no tokens, like the ceiling);
 a control task (Hewitt & Liang 2019) for selectivity; bootstrap intervals over test examples.
 
 Decisions:
@@ -19,7 +20,8 @@ Decisions:
   nor s changes a cosine). One map per hook, fitted on up to ``max_train`` tokens (labelled
   or not) of the training examples, never on test examples: transfer stays out of sample,
   but cosines share training tokens with the map, so for a B unrelated to A they are
-  inflated (the map seeks A's dominant directions in B); read them against ``transfer``. ``retrained`` and ``control_b`` stay in B's own space, so they
+  inflated (the map seeks A's dominant directions in B); read them against ``transfer``.
+  ``retrained`` and ``control_b`` stay in B's own space, so they
   measure B alone; B's directions are carried through R for the cosines.
 - Control word types: the word string covering each token (``\\w+`` runs and single
   punctuation characters of the example text, joined when a token spans several), so
@@ -201,19 +203,7 @@ def fit_concept(acts_a: Float[np.ndarray, "tokens d_a"], acts_b: Float[np.ndarra
         for side, acts in (("control_a", acts_a), ("control_b", acts_b)):
             correct[side] = _probe(cfg).fit(acts[tr], ctrl[tr]).predict(acts[te]) == ctrl[te]
 
-    dirs_b = _directions(probe_b)
-    dom_b = _dom(acts_b[tr], y_tr)
-    if to_a is not None:
-        dirs_b = {c: to_a.rotate(v) for c, v in dirs_b.items()}
-        dom_b = {c: to_a.rotate(v) for c, v in dom_b.items()}
-    half_1, half_2 = _halves(tr, groups, cfg.seed)
-    ceiling_probe = ceiling_dom = np.nan
-    if min(len(np.unique(labels[half_1])), len(np.unique(labels[half_2]))) >= 2:
-        ceiling_probe = _cosine(_directions(_probe(cfg).fit(acts_a[half_1], labels[half_1])),
-                                _directions(_probe(cfg).fit(acts_a[half_2], labels[half_2])))
-        ceiling_dom = _cosine(_dom(acts_a[half_1], labels[half_1]),
-                              _dom(acts_a[half_2], labels[half_2]))
-
+    cosines = _cosines(acts_a, acts_b, labels, tr, groups, probe_a, probe_b, to_a, cfg)
     point = {k: float(v.mean()) for k, v in correct.items()}
     reps = _replicates(correct, groups[te], boot_weights)
     metrics = _metrics(point)
@@ -226,10 +216,34 @@ def fit_concept(acts_a: Float[np.ndarray, "tokens d_a"], acts_b: Float[np.ndarra
         domain=_majority_domain((strata or {}).get("domain"), np.concatenate([tr, te])),
         classes=[names[v] for v in values], n_classes=len(values), n_train=len(tr),
         n_test=len(te), aligned=bool(aligned), **metrics,
-        cos_probe=_cosine(_directions(probe_a), dirs_b), cos_dom=_cosine(_dom(acts_a[tr], y_tr), dom_b),
-        ceiling_probe=float(ceiling_probe), ceiling_dom=float(ceiling_dom),
-        **{f"{k}_ci": v for k, v in ci.items()}, strata=row_strata,
+        **cosines, **{f"{k}_ci": v for k, v in ci.items()}, strata=row_strata,
         boot={**metric_reps, **boot})
+
+
+def _cosines(acts_a: np.ndarray, acts_b: np.ndarray, labels: np.ndarray, tr: np.ndarray,
+             groups: np.ndarray, probe_a: LinearProbe, probe_b: LinearProbe,
+             to_a: Procrustes | None, cfg: ProbeConfig) -> dict[str, float]:
+    """A-vs-B cosines of probe and DoM directions on all training tokens and across
+    disjoint halves, and the A-vs-A ceiling on the same halves (all in A's raw space)."""
+    def in_a(dirs: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+        return dirs if to_a is None else {c: to_a.rotate(v) for c, v in dirs.items()}
+
+    out = {"cos_probe": _cosine(_directions(probe_a), in_a(_directions(probe_b))),
+           "cos_dom": _cosine(_dom(acts_a[tr], labels[tr]), in_a(_dom(acts_b[tr], labels[tr])))}
+    halves = _halves(tr, groups, cfg.seed)
+    if min(len(np.unique(labels[h])) for h in halves) < 2:
+        nan = float("nan")
+        return {**out, "ceiling_probe": nan, "ceiling_dom": nan, "cos_probe_halves": nan,
+                "cos_dom_halves": nan}
+    probe = {(m, i): _directions(_probe(cfg).fit(acts[h], labels[h]))
+             for m, acts in (("a", acts_a), ("b", acts_b)) for i, h in enumerate(halves)}
+    dom = {(m, i): _dom(acts[h], labels[h])
+           for m, acts in (("a", acts_a), ("b", acts_b)) for i, h in enumerate(halves)}
+    for kind, dirs in (("probe", probe), ("dom", dom)):
+        out[f"ceiling_{kind}"] = _cosine(dirs["a", 0], dirs["a", 1])
+        out[f"cos_{kind}_halves"] = (_cosine(dirs["a", 0], in_a(dirs["b", 1]))
+                                     + _cosine(dirs["a", 1], in_a(dirs["b", 0]))) / 2
+    return out
 
 
 class Procrustes:

@@ -1,4 +1,4 @@
-"""Probes, stage 4: the probe-pair report — one row per concept × hook, aggregates, JSON, a table.
+"""Probes, stage 4: the probe-pair report — a row per concept × hook, aggregates, JSON, a table.
 
 Every accuracy and every A−B difference carries a percentile bootstrap interval over test
 examples. Aggregates by domain and by frequency bucket average concepts with equal weight
@@ -67,6 +67,11 @@ class ProbeRow:
     ceiling_probe: float
     """Cosine of two A probes trained on disjoint halves of the training examples."""
     ceiling_dom: float
+    cos_probe_halves: float
+    """A-vs-B probe cosine across the halves (A on one, B on the other, mean of both ways):
+    like the ceiling it shares no training tokens, so compare it with ``ceiling_probe``
+    (``cos_probe`` shares all of them and can exceed the ceiling)."""
+    cos_dom_halves: float
     survival: float
     """``clip((transfer - majority) / (acc_a - majority), 0, 1)``; NaN when
     ``acc_a - majority < SURVIVAL_MIN_GAIN``."""
@@ -165,14 +170,15 @@ class ProbeReport:
                    dataset=data.get("dataset", ""))
 
     def table(self) -> str:
-        """A fixed-width text rendering: rows, then the aggregates."""
+        """A fixed-width text rendering: rows, then the aggregates (``½cos``: across halves)."""
         head = (f"{'concept':<16} {'hook':<26} {'cls':>3} {'test':>5} {'maj':>5} {'acc_a':>5} "
-                f"{'trans':>5} {'retr':>5} {'sel_a':>5} {'sel_b':>5} {'cos_p':>5} {'ceil':>5} "
-                f"{'cos_d':>5} {'ceil':>5}  survival")
+                f"{'trans':>5} {'retr':>5} {'sel_a':>5} {'sel_b':>5} {'cos_p':>5} {'½cosp':>5} "
+                f"{'ceil':>5} {'cos_d':>5} {'½cosd':>5} {'ceil':>5}  survival")
         lines = [f"A = {self.model_a}, B = {self.model_b}, on {self.dataset}", head]
         for r in self.rows:
             nums = (r.majority, r.acc_a, r.transfer, r.retrained, r.selectivity_a,
-                    r.selectivity_b, r.cos_probe, r.ceiling_probe, r.cos_dom, r.ceiling_dom)
+                    r.selectivity_b, r.cos_probe, r.cos_probe_halves, r.ceiling_probe,
+                    r.cos_dom, r.cos_dom_halves, r.ceiling_dom)
             lines.append(f"{r.concept[:16]:<16} {r.hook[:26]:<26} {r.n_classes:>3} "
                          f"{r.n_test:>5} " + " ".join(_num(x) for x in nums)
                          + f"  {_num(r.survival)} {_ci(r.survival_ci)}")

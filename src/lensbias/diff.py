@@ -1,0 +1,212 @@
+"""Survival, stage 3: ``run_diff``: from a model pair to a ``SurvivalResult`` and a report.
+
+Stages: (compress) → cache A and B → probes → SAE → geometry → behaviour → report. Caches
+and fitted artefacts live in the output folder, keyed by fingerprints, so a rerun with the
+same inputs reuses them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lensbias import __version__
+from lensbias.compress import Recipe
+from lensbias.errors import LensbiasError
+from lensbias.pair import (cache_pair, check_same_tokenizer, compress_on_the_fly, merged_dataset,
+                           resolve_model)
+from lensbias.store import CacheConfig
+from lensbias.survival import SCHEMA, SurvivalResult
+
+MARKER = ".lensbias-report"
+
+
+@dataclass(frozen=True)
+class DiffConfig:
+    """What ``lensbias diff`` measures."""
+
+    datasets: tuple[str, ...] = ("ud-ewt", "python-stdlib")
+    """Concept datasets, merged into one (prose and code tokens side by side)."""
+    max_examples: int | None = 300
+    """Examples taken from each dataset (None: all)."""
+    concepts: tuple[str, ...] | None = None
+    """Concepts to probe (None: every token-level label set)."""
+    hooks: tuple[str, ...] | None = None
+    """Hooks to cache and compare (None: residual stream after every block)."""
+    sae: bool = True
+    """Train an SAE on A and measure feature survival."""
+    sae_hook: str | None = None
+    """Hook for the SAE (None: the middle block's residual stream)."""
+    sae_expansion: int = 8
+    """SAE width as a multiple of d_model."""
+    sae_k: int = 16
+    """TopK SAE's active features per token."""
+    sae_tokens: int = 400_000
+    """Training tokens for the SAE (the store is cycled)."""
+    seed: int = 0
+    """Seeds probes, SAE, geometry sampling and bootstrap."""
+    n_bootstrap: int = 200
+    """Bootstrap resamples for confidence intervals."""
+
+
+def prepare_out(out: Path, force: bool) -> None:
+    """Refuse an existing folder that is not a previous report unless ``force``."""
+    if out.exists() and not out.is_dir():
+        raise LensbiasError(f"{out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists() and not force:
+        raise LensbiasError(f"{out} exists and is not a lensbias report folder; pass --force "
+                            "to write into it or choose another --out")
+    if not out.parent.exists():
+        raise LensbiasError(f"output folder {out.parent} does not exist")
+    out.mkdir(exist_ok=True)
+    (out / MARKER).write_text(SCHEMA + "\n")
+
+
+def run_diff(model_a: str, model_b: str | None, recipe: Recipe | None, config: DiffConfig,
+             out: Path, force: bool = False,
+             stage: Callable[[str], None] = lambda name: None, progress: bool = False
+             ) -> SurvivalResult:
+    """Compare ``model_a`` with ``model_b`` (or with ``model_a`` compressed by ``recipe``)."""
+    out = Path(out)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def tick(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 2)
+        clock = now
+
+    a = resolve_model(model_a)
+    data = merged_dataset(list(config.datasets), config.max_examples)
+    prepare_out(out, force)
+    compressed = None
+    if model_b is None:
+        stage("compress")
+        compressed = compress_on_the_fly(a, recipe, out / "model-b")
+        b = compressed.lm
+    else:
+        b = resolve_model(model_b)
+    check_same_tokenizer(a, b, data.examples[0].text)
+    tick("load+compress")
+
+    stage("cache")
+    cache_cfg = CacheConfig(hooks=config.hooks, dtype="float32")
+    path_a, path_b = cache_pair(a, b, data, out / "cache", cache_cfg, progress=progress)
+    tick("cache")
+
+    from lensbias.store import ActivationStore
+
+    with ActivationStore(path_a) as store_a, ActivationStore(path_b) as store_b:
+        key = _key(store_a.fingerprint, store_b.fingerprint, config)
+        stage("probes")
+        probes = _cached(out, "probes", key, lambda: _probes(store_a, store_b, config))
+        tick("probes")
+        saes = {}
+        if config.sae:
+            stage("sae")
+            hook = config.sae_hook or store_a.hooks[len(store_a.hooks) // 2]
+            saes[hook] = _cached(out, f"sae-{hook}", key,
+                                 lambda: _sae(store_a, store_b, hook, config, out))
+            tick("sae")
+        stage("geometry")
+        geometry = _cached(out, "geometry", key, lambda: _geometry(store_a, store_b, config))
+        tick("geometry")
+        behaviour = None
+        if not a.is_encoder and not b.is_encoder:
+            stage("behaviour")
+            behaviour = _cached(out, "behaviour", key,
+                                lambda: _behaviour(a, b, data, store_a, config))
+            tick("behaviour")
+        provenance = _provenance(a, b, compressed, data, config, store_a, timings)
+    result = SurvivalResult(provenance, probes, geometry, behaviour, saes)
+    stage("report")
+    write_report(result, out)
+    return result
+
+
+def write_report(result: SurvivalResult, out: Path) -> None:
+    """summary.json and report.html, each written atomically."""
+    result.save(out / "summary.json")
+    tmp = out / ".report.html.tmp"
+    tmp.write_text(result.html(), encoding="utf-8")
+    os.replace(tmp, out / "report.html")
+
+
+def _key(fp_a: dict, fp_b: dict, config: DiffConfig) -> str:
+    blob = json.dumps([fp_a, fp_b, dataclasses.asdict(config), __version__], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _cached(out: Path, name: str, key: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A stage's result from ``artefacts/NAME.json`` when its key matches, else computed."""
+    folder = out / "artefacts"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}.json"
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+            if saved.get("key") == key:
+                return saved["result"]
+        except (json.JSONDecodeError, KeyError):
+            pass
+    result = compute()
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"key": key, "result": result}, allow_nan=False))
+    os.replace(tmp, path)
+    return result
+
+
+def _probes(store_a: Any, store_b: Any, config: DiffConfig) -> dict[str, Any]:
+    from lensbias.probes.pair import ProbeConfig, ProbePair
+
+    cfg = ProbeConfig(concepts=config.concepts, seed=config.seed, n_bootstrap=config.n_bootstrap)
+    return ProbePair(cfg).fit(store_a, store_b).to_dict()
+
+
+def _sae(store_a: Any, store_b: Any, hook: str, config: DiffConfig, out: Path) -> dict[str, Any]:
+    from lensbias.saes import FeatureSurvival, SAEConfig, train_sae
+
+    cfg = SAEConfig(expansion_factor=config.sae_expansion, k=config.sae_k,
+                    training_tokens=config.sae_tokens, seed=config.seed,
+                    batch_size=min(4096, max(256, store_a.n_tokens // 8)))
+    folder = out / "artefacts" / f"sae-{hook}"
+    shutil.rmtree(folder, ignore_errors=True)
+    sae = train_sae(store_a, hook, cfg, out_dir=folder)
+    return FeatureSurvival(sae).compare(store_a, store_b, hook).to_dict()
+
+
+def _geometry(store_a: Any, store_b: Any, config: DiffConfig) -> dict[str, Any]:
+    from lensbias.geometry.compare import GeometryConfig, compare_geometry
+
+    return compare_geometry(store_a, store_b, GeometryConfig(seed=config.seed)).to_dict()
+
+
+def _behaviour(a: Any, b: Any, data: Any, store_a: Any, config: DiffConfig) -> dict[str, Any]:
+    from lensbias.behaviour.loss import compare_behaviour
+
+    return compare_behaviour(a, b, data, store_a, seed=config.seed).to_dict()
+
+
+def _provenance(a: Any, b: Any, compressed: Any, data: Any, config: DiffConfig, store_a: Any,
+                timings: dict[str, float]) -> dict[str, Any]:
+    recipe = compressed.recipe.to_dict() if compressed is not None else None
+    if recipe is None and b.source == "folder" and (Path(b.name) / "recipe.json").exists():
+        from lensbias.compress.save import read_recipe
+
+        recipe = read_recipe(b.name).get("recipe")
+    return {"model_a": {"name": a.name, "weights_sha256": a.weights_hash(), "source": a.source},
+            "model_b": {"name": b.name, "weights_sha256": b.weights_hash(), "source": b.source},
+            "recipe": recipe, "dataset": data.name, "n_examples": len(data.examples),
+            "n_tokens": store_a.n_tokens, "hooks": store_a.hooks,
+            "config": dataclasses.asdict(config), "seed": config.seed,
+            "lensbias_version": __version__, "timings_seconds": timings,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -1,0 +1,205 @@
+"""Report, stage 2: the feature-survival HTML page, rendered from a summary dict alone.
+
+Works from ``summary.json`` (so ``lensbias report`` re-renders without models); every
+string that came from a dataset, a token or a model name goes through ``esc``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from html import escape
+from typing import Any
+
+from lensbias.report.svg import bar_chart, line_chart
+from lensbias.report.static import CSS, JS
+
+
+def esc(value: Any) -> str:
+    """HTML-escape anything (quotes included: values also land in attributes)."""
+    return escape(str(value), quote=True)
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return esc(value)
+
+
+def fmt_ci(ci: Any) -> str:
+    if not ci or any(c is None for c in ci):
+        return ""
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def render_html(summary: dict[str, Any]) -> str:
+    """The whole report as one self-contained HTML string."""
+    prov = summary.get("provenance", {})
+    title = f"lensbias: {prov.get('model_a', {}).get('name', 'A')} vs {prov.get('model_b', {}).get('name', 'B')}"
+    body = "".join([
+        f"<header><h1>{esc(title)}</h1><p class='sub'>{esc(prov.get('dataset', ''))}</p></header>",
+        _headline(summary),
+        _concept_table(summary.get("probes") or {}),
+        _layer_plots(summary.get("probes") or {}, summary.get("geometry") or {}),
+        _features(summary.get("saes") or {}),
+        _behaviour(summary.get("behaviour")),
+        _provenance(prov),
+    ])
+    data = json.dumps({"n_features": sum(len(r.get("features", []))
+                                         for r in (summary.get("saes") or {}).values())})
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>{body}"
+            f"<script type='application/json' id='meta'>{esc(data)}</script>"
+            f"<script>{JS}</script></body></html>")
+
+
+def _headline(summary: dict[str, Any]) -> str:
+    head = summary.get("headline") or {}
+    sentence = esc(head.get("sentence", "No probe results."))
+    bars = [(d, v.get("survival"), v.get("survival_ci"))
+            for d, v in (head.get("by_domain") or {}).items()]
+    chart = bar_chart("Concept survival by domain (1 = fully kept)", bars, lo=0.0, hi=1.1)
+    return (f"<section id='headline'><h2>Headline</h2><p class='headline'>{sentence}</p>"
+            f"{chart}</section>")
+
+
+def _concept_table(probes: dict[str, Any]) -> str:
+    best = best_rows(probes)
+    rows = []
+    for r in best:
+        rows.append(
+            f"<tr data-domain='{esc(r.get('domain'))}'><td>{esc(r.get('concept'))}</td>"
+            f"<td>{esc(r.get('domain'))}</td><td>{esc(r.get('layer'))}</td>"
+            f"<td>{fmt(r.get('majority'))}</td><td>{fmt(r.get('acc_a'))}</td>"
+            f"<td>{fmt(r.get('transfer'))}</td><td>{fmt(r.get('retrained'))}</td>"
+            f"<td>{fmt(r.get('selectivity_a'))}</td><td>{fmt(r.get('survival'))}</td>"
+            f"<td class='ci'>{fmt_ci(r.get('survival_ci'))}</td></tr>")
+    head = "".join(f"<th data-col='{i}'>{h}</th>" for i, h in enumerate(
+        ["concept", "domain", "best layer", "majority", "acc A", "transfer A→B",
+         "retrained B", "selectivity A", "survival", "survival CI"]))
+    return (f"<section id='concepts'><h2>Concept survival</h2>"
+            f"<p>One row per concept at its best layer on A. Transfer applies A's probe to B's "
+            f"activations unchanged; retrained fits a new probe on B. Click a header to sort.</p>"
+            f"<input id='concept-filter' type='search' placeholder='filter concepts or domain'>"
+            f"<table id='concept-table' class='sortable'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table></section>")
+
+
+def best_rows(probes: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each concept's row at the hook where A's accuracy is highest."""
+    best: dict[str, dict[str, Any]] = {}
+    for r in probes.get("rows", []):
+        key = r.get("concept")
+        acc = r.get("acc_a") if r.get("acc_a") is not None else -1
+        if key not in best or acc > (best[key].get("acc_a") or -1):
+            best[key] = r
+    return sorted(best.values(), key=lambda r: (str(r.get("domain")), str(r.get("concept"))))
+
+
+def _layer_plots(probes: dict[str, Any], geometry: dict[str, Any]) -> str:
+    charts = []
+    rows = probes.get("rows", [])
+    layers = sorted({r["layer"] for r in rows if r.get("layer") is not None})
+    for concept in sorted({r["concept"] for r in rows})[:12]:
+        by_layer = {r["layer"]: r for r in rows if r["concept"] == concept}
+        charts.append(line_chart(f"{concept}: probe accuracy", layers, {
+            "A": [by_layer.get(x, {}).get("acc_a") for x in layers],
+            "A's probe on B": [by_layer.get(x, {}).get("transfer") for x in layers],
+            "retrained on B": [by_layer.get(x, {}).get("retrained") for x in layers],
+            "majority": [by_layer.get(x, {}).get("majority") for x in layers]},
+            dashed=("majority",)))
+    cka = geometry.get("cka", [])
+    g_layers = sorted({r["layer"] for r in cka if r.get("layer") is not None})
+    if cka:
+        charts.append(line_chart("Linear CKA(A, B)", g_layers, {
+            d: [next((r["cka"] for r in cka if r["layer"] == x and r["domain"] == d), None)
+                for x in g_layers] for d in sorted({r["domain"] for r in cka})}))
+    geo_rows = geometry.get("rows", [])
+    for metric in ("anisotropy", "isoscore", "effective_rank"):
+        series = {}
+        for domain in sorted({r["domain"] for r in geo_rows}):
+            for model in ("A", "B"):
+                series[f"{model} {domain}"] = [
+                    next((r.get(metric) for r in geo_rows if r["layer"] == x
+                          and r["domain"] == domain and r["model"] == model), None)
+                    for x in g_layers]
+        if series:
+            charts.append(line_chart(metric.replace("_", " "), g_layers, series,
+                                     dashed=tuple(k for k in series if k.startswith("B"))))
+    return (f"<section id='layers'><h2>Per layer</h2><div class='charts'>{''.join(charts)}"
+            f"</div></section>")
+
+
+def _features(saes: dict[str, Any]) -> str:
+    if not saes:
+        return "<section id='features'><h2>SAE features</h2><p>No SAE was trained (--no-sae).</p></section>"
+    parts = []
+    for hook, rep in saes.items():
+        s = rep.get("summary", {})
+        counts = s.get("counts", {})
+        parts.append(f"<h3>{esc(hook)}</h3><p>A's SAE frozen as the basis; "
+                     + ", ".join(f"{esc(k)}: {esc(v)}" for k, v in counts.items())
+                     + f". Explained variance on A {fmt((s.get('quality_a') or {}).get('explained_variance'))},"
+                     f" on B {fmt((s.get('quality_b') or {}).get('explained_variance'))}.</p>")
+        cards = [_card(hook, f) for f in rep.get("features", [])
+                 if f.get("verdict") != "inactive"][:200]
+        parts.append(f"<div class='cards'>{''.join(cards)}</div>")
+    controls = ("<div class='filters'>verdict <select id='verdict-filter'><option value=''>all</option>"
+                "<option>survived</option><option>blurred</option><option>dead</option>"
+                "<option>new</option></select> domain <select id='domain-filter'>"
+                "<option value=''>all</option><option>code</option><option>prose</option>"
+                "<option>mixed</option></select> concept <input id='feature-concept' "
+                "type='search' placeholder='e.g. NOUN'></div>")
+    return f"<section id='features'><h2>SAE features</h2>{controls}{''.join(parts)}</section>"
+
+
+def _card(hook: str, f: dict[str, Any]) -> str:
+    contexts = "".join(_context(c) for c in (f.get("contexts") or [])[:4])
+    concept = f"{f.get('top_concept') or ''}={f.get('top_label') or ''}"
+    return (f"<div class='card {esc(f.get('verdict'))}' data-verdict='{esc(f.get('verdict'))}' "
+            f"data-domain='{esc(f.get('domain'))}' data-concept='{esc(concept)}'>"
+            f"<div class='card-head'><b>#{esc(f.get('index'))}</b> <span class='verdict'>"
+            f"{esc(f.get('verdict'))}</span> r={fmt(f.get('pearson_r'), 2)} · rate A "
+            f"{fmt(f.get('rate_a'), 4)} → B {fmt(f.get('rate_b'), 4)} · {esc(f.get('domain'))}"
+            f" · {esc(concept)}</div>{contexts}</div>")
+
+
+def _context(c: dict[str, Any]) -> str:
+    tokens, act_a, act_b = c.get("tokens", []), c.get("act_a", []), c.get("act_b", [])
+    peak = max([abs(a) for a in act_a + act_b if a is not None] or [1.0]) or 1.0
+
+    def row(acts: list[float]) -> str:
+        return "".join(
+            f"<span class='tok' style='background:rgba(255,120,0,{max(0.0, (a or 0) / peak):.2f})'"
+            f" title='{(a or 0):.3f}'>{esc(t)}</span>" for t, a in zip(tokens, acts))
+
+    return (f"<div class='ctx'><div class='side'><i>A</i>{row(act_a)}</div>"
+            f"<div class='side'><i>B</i>{row(act_b)}</div></div>")
+
+
+def _behaviour(beh: dict[str, Any] | None) -> str:
+    if not beh:
+        return "<section id='behaviour'><h2>Behaviour</h2><p>Not measured (encoder model).</p></section>"
+    bpb = beh.get("bits_per_byte") or {}
+    bars = [(f"{m} {d}", v, None) for m in ("A", "B") for d, v in (bpb.get(m) or {}).items()]
+    buckets = beh.get("by_bucket") or {}
+    extra = [(b, s.get("extra"), (s.get("ci") or {}).get("extra"))
+             for b, s in buckets.items() if s.get("n")]
+    rows = "".join(f"<tr><td>{esc(b)}</td><td>{esc(s.get('n'))}</td><td>{fmt(s.get('loss_a'))}</td>"
+                   f"<td>{fmt(s.get('loss_b'))}</td><td>{fmt(s.get('extra'))}</td>"
+                   f"<td class='ci'>{fmt_ci((s.get('ci') or {}).get('extra'))}</td></tr>"
+                   for b, s in buckets.items())
+    return (f"<section id='behaviour'><h2>Behaviour</h2><div class='charts'>"
+            f"{bar_chart('Bits per byte, held-out text', bars)}"
+            f"{bar_chart('Extra loss of B (nats/token) by token frequency', extra)}</div>"
+            f"<table><thead><tr><th>frequency bucket</th><th>tokens</th><th>loss A</th>"
+            f"<th>loss B</th><th>extra</th><th>CI</th></tr></thead><tbody>{rows}</tbody></table>"
+            f"</section>")
+
+
+def _provenance(prov: dict[str, Any]) -> str:
+    return (f"<section id='provenance'><h2>Provenance</h2><pre>"
+            f"{esc(json.dumps(prov, indent=2, default=str))}</pre></section>")
