@@ -23,6 +23,15 @@ CORPUS = [
 ] * 5
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny models run faster on one thread, and 2-core CI machines stay responsive."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def bpe() -> BPETokenizer:
     return BPETokenizer.train(CORPUS, vocab_size=300)

@@ -24,13 +24,6 @@ from conftest import make_lm
 CALIB = CalibConfig("prose", n_seqs=8, seq_len=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train ~25x faster on one thread when other jobs share the CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def identity_block(lm: LoadedModel, layer: int) -> LoadedModel:

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -21,14 +20,6 @@ from lensbias.probes.report import ProbeReport
 from lensbias.store import ActivationStore, CacheConfig, cache_activations
 
 FAST = ProbeConfig(n_bootstrap=50, control=False)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def planted(n=2310, d=30, k=3, strength=2.0, seed=0, per_example=11):

@@ -28,12 +28,6 @@ CODE = ["def add(a, b):\n    return a + b\n", "for i in range(10):\n    print(i 
 FAST = SAEConfig(d_sae=96, k=6, lr=3e-3, training_tokens=24_576, batch_size=256, seed=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _texts(n: int, seed: int) -> list[str]:

@@ -9,6 +9,7 @@ examples), so their intervals are paired across concepts too.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -228,8 +229,10 @@ def aggregate(rows: list[ProbeRow], stratum: str, confidence: float = 0.95) -> l
             point = {k: float(np.mean([r.strata[stratum][value][k] for r in group])) for k in keys}
             reps = [r.boot[(stratum, value)] for r in group
                     if r.boot is not None and (stratum, value) in r.boot]
-            mean_rep = (np.nanmean(np.stack(reps), axis=0) if len(reps) == len(group)
-                        else None)  # [resamples, 4] in the order of keys
+            with warnings.catch_warnings():  # all-NaN replicate columns stay NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean_rep = (np.nanmean(np.stack(reps), axis=0) if len(reps) == len(group)
+                            else None)  # [resamples, 4] in the order of keys
 
             def ci(values: np.ndarray | None) -> tuple[float, float]:
                 return percentile_ci(values, confidence)

@@ -1,0 +1,66 @@
+"""The report in a real browser: headless Chromium via Playwright (CI installs both)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import CORPUS, make_lm, word_dataset
+from lensbias.cli import main
+from lensbias.concepts.jsonl import write_jsonl
+from lensbias.models.folder import save_folder
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed "
+                                 "(pip install playwright; CI installs it)")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine "
+                                "(apt-get install chromium; CI installs it)")
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, bpe) -> Path:
+    root = tmp_path_factory.mktemp("browser")
+    lm = make_lm(bpe, n_ctx=64)
+    model = save_folder(root / "model", lm.model, bpe, {"name": "tiny-test"}, lm.token_counts)
+    data = root / "data.jsonl"
+    write_jsonl(word_dataset((CORPUS + ["<script>alert(1)</script> the cat"]) * 4), data)
+    out = root / "report"
+    assert main(["diff", str(model), "--compress", "magnitude:0.5", "-d", str(data), "--out",
+                 str(out), "--sae-expansion", "2", "--sae-k", "4", "-q"]) == 0
+    return out / "report.html"
+
+
+def test_report_renders_and_filters_in_chromium(report, tmp_path):
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("dialog", lambda d: errors.append(f"dialog opened: {d.message}"))
+        page.goto(report.as_uri())
+        assert page.locator("#headline .headline").inner_text().strip()
+        rows = page.locator("#concept-table tbody tr")
+        assert rows.count() >= 2
+        assert page.locator(".card").count() >= 1
+        assert page.locator("#layers svg").count() >= 3
+        assert page.locator("#behaviour svg").count() >= 1
+        # filtering the concept table by typing a concept name hides the other rows
+        page.fill("#concept-filter", "initial")
+        visible = [r for r in rows.all() if r.is_visible()]
+        assert visible and all("initial" in r.inner_text() for r in visible)
+        assert len(visible) < rows.count()
+        # sorting by a header click reorders rows
+        page.fill("#concept-filter", "")
+        page.click("#concept-table th[data-col='0']")
+        names = [r.locator("td").first.inner_text() for r in rows.all()]
+        assert names == sorted(names)
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+    assert errors == []
