@@ -35,8 +35,10 @@ class DiffConfig:
 
     datasets: tuple[str, ...] = ("ud-ewt", "python-stdlib")
     """Concept datasets, merged into one (prose and code tokens side by side)."""
-    max_examples: int | None = 300
-    """Examples taken from each dataset (None: all)."""
+    max_examples: int | None = None
+    """Examples taken from each dataset at most (None: no limit)."""
+    max_chars: int | None = 60_000
+    """Characters of text taken from each dataset, in whole examples (None: no limit)."""
     concepts: tuple[str, ...] | None = None
     """Concepts to probe (None: every token-level label set)."""
     hooks: tuple[str, ...] | None = None
@@ -49,7 +51,7 @@ class DiffConfig:
     """SAE width as a multiple of d_model."""
     sae_k: int = 16
     """TopK SAE's active features per token."""
-    sae_tokens: int = 400_000
+    sae_tokens: int = 200_000
     """Training tokens for the SAE (the store is cycled)."""
     seed: int = 0
     """Seeds probes, SAE, geometry sampling and bootstrap."""
@@ -86,7 +88,7 @@ def run_diff(model_a: str, model_b: str | None, recipe: Recipe | None, config: D
         clock = now
 
     a = resolve_model(model_a)
-    data = merged_dataset(list(config.datasets), config.max_examples)
+    data = merged_dataset(list(config.datasets), config.max_examples, config.max_chars)
     prepare_out(out, force)
     compressed = None
     if model_b is None:
@@ -99,7 +101,7 @@ def run_diff(model_a: str, model_b: str | None, recipe: Recipe | None, config: D
     tick("load+compress")
 
     stage("cache")
-    cache_cfg = CacheConfig(hooks=config.hooks, dtype="float32")
+    cache_cfg = CacheConfig(hooks=config.hooks, dtype="float16")
     path_a, path_b = cache_pair(a, b, data, out / "cache", cache_cfg, progress=progress)
     tick("cache")
 

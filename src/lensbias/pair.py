@@ -70,14 +70,24 @@ def check_same_tokenizer(a: LoadedModel, b: LoadedModel, probe_text: str) -> Non
                             "models token by token, so both must share one tokenizer")
 
 
-def merged_dataset(specs: list[str], max_examples: int | None) -> ConceptDataset:
-    """One dataset from several (e.g. prose + code), examples in order, ids prefixed."""
+def merged_dataset(specs: list[str], max_examples: int | None,
+                   max_chars: int | None = None) -> ConceptDataset:
+    """One dataset from several (e.g. prose + code), examples in order, ids prefixed.
+
+    From each dataset at most ``max_examples`` examples and about ``max_chars`` characters
+    (whole examples) are taken, so short sentences and long code chunks weigh alike.
+    """
     if not specs:
         raise LensbiasError(f"no dataset given; built-in: {', '.join(n for n, _ in list_datasets())}")
     examples = []
     for spec in specs:
         data = load_dataset(spec, max_examples=max_examples)
-        examples += [dataclasses.replace(e, id=f"{spec}/{e.id}") for e in data.examples]
+        used = 0
+        for e in data.examples:
+            if max_chars is not None and used >= max_chars:
+                break
+            examples.append(dataclasses.replace(e, id=f"{spec}/{e.id}"))
+            used += len(e.text)
     return ConceptDataset("+".join(specs), tuple(examples))
 
 

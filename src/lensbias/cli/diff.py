@@ -19,8 +19,10 @@ STAGES = ("compress", "cache", "probes", "sae", "geometry", "behaviour", "report
               help="Compressor data for --compress: code, prose, mixed, c, or a file.")
 @click.option("--dataset", "-d", "datasets", multiple=True,
               help="Concept dataset, repeatable [default: ud-ewt and python-stdlib].")
-@click.option("--max-examples", type=click.IntRange(min=1), default=300, show_default=True,
-              help="Examples per dataset.")
+@click.option("--max-examples", type=click.IntRange(min=1), default=None,
+              help="At most N examples per dataset.")
+@click.option("--max-chars", type=click.IntRange(min=100), default=60_000, show_default=True,
+              help="About N characters of text per dataset (whole examples).")
 @click.option("--concept", "concepts", multiple=True, help="Concept to probe, repeatable.")
 @click.option("--hook", "hooks", multiple=True, help="Hook to compare, repeatable.")
 @click.option("--sae/--no-sae", default=True, show_default=True, help="SAE feature survival.")
@@ -34,7 +36,8 @@ STAGES = ("compress", "cache", "probes", "sae", "geometry", "behaviour", "report
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def diff(original: str, compressed: str | None, compress_spec: str | None, calib: str,
-         datasets: tuple[str, ...], max_examples: int, concepts: tuple[str, ...],
+         datasets: tuple[str, ...], max_examples: int | None, max_chars: int,
+         concepts: tuple[str, ...],
          hooks: tuple[str, ...], sae: bool, sae_hook: str | None, sae_expansion: int,
          sae_k: int, seed: int, out: Path, force: bool, as_json: bool, quiet: bool) -> None:
     """Compare ORIGINAL with COMPRESSED (names or folders) and write a survival report.
@@ -63,6 +66,7 @@ def diff(original: str, compressed: str | None, compress_spec: str | None, calib
     if compressed is None:
         recipe = parse_compress_spec(compress_spec or "wanda:0.5", CalibConfig(calib, seed=seed))
     config = DiffConfig(datasets=datasets or DiffConfig.datasets, max_examples=max_examples,
+                        max_chars=max_chars,
                         concepts=concepts or None, hooks=hooks or None, sae=sae,
                         sae_hook=sae_hook, sae_expansion=sae_expansion, sae_k=sae_k, seed=seed)
     bar = tqdm(total=len(STAGES), desc="diff", unit="stage", disable=quiet, leave=False)
