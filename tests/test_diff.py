@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -14,6 +15,19 @@ from lensbias.models.folder import save_folder
 from lensbias.survival import SurvivalResult
 
 HOSTILE = ['<script>alert(1)</script> the cat sat', '"><img src=x onerror=alert(2)> dogs ran']
+EVIL_CONCEPT = "<i onmouseover=alert(3)>"
+EVIL_LABEL = "<script>alert(4)</script>"
+
+
+def hostile_dataset():
+    """Hostile text, a hostile concept name and hostile label values (every word labelled)."""
+    data = word_dataset((CORPUS + HOSTILE) * 4)
+    examples = []
+    for ex in data.examples:
+        spans = tuple(dataclasses.replace(sp, labels={**sp.labels, EVIL_CONCEPT: (
+            EVIL_LABEL if sp.labels["kind"] == "long" else "plain")}) for sp in ex.spans)
+        examples.append(dataclasses.replace(ex, spans=spans))
+    return dataclasses.replace(data, examples=tuple(examples))
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +35,8 @@ def setup(tmp_path_factory, bpe):
     root = tmp_path_factory.mktemp("diff")
     lm = make_lm(bpe, n_ctx=64)
     model = save_folder(root / "model", lm.model, bpe, {"name": "tiny-test"}, lm.token_counts)
-    data = root / "data.jsonl"
-    write_jsonl(word_dataset((CORPUS + HOSTILE) * 4), data)
+    data = root / '"><img src=x onerror=alert(5)>.jsonl'
+    write_jsonl(hostile_dataset(), data)
     return root, model, data
 
 
@@ -59,9 +73,10 @@ def test_report_escapes_dataset_text(setup):
     if not (out / "report.html").exists():
         assert _diff(model, data, out) == 0
     html = (out / "report.html").read_text()
-    assert "<script>alert(1)</script>" not in html
-    assert "<img src=x" not in html
-    assert "&lt;script&gt;" in html or "&lt;img" in html
+    for payload in ("<script>alert", "<img src=x", "<i onmouseover"):
+        assert payload not in html
+    assert "&lt;i onmouseover=alert(3)&gt;" in html  # the concept name, shown as text
+    assert "&lt;img src=x onerror=alert(5)&gt;" in html  # the dataset (file) name
     assert html.count("<script") == 2  # our inline script and the JSON metadata block
 
 
