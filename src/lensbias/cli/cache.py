@@ -43,10 +43,10 @@ def cache(model: str, dataset: str, out: Path | None, hooks: tuple[str, ...], dt
 
     data = load_dataset(dataset, max_examples=max_examples)
     config = CacheConfig(hooks=hooks or None, dtype=dtype, batch_size=batch_size, device=device)
+    lm = load_model(model, device=device)
     if out is None:
         safe = lambda s: "".join(c if c.isalnum() or c in "-_." else "_" for c in s)  # noqa: E731
         out = Path("activations") / f"{safe(Path(model).name)}--{safe(dataset)}.h5"
         out.parent.mkdir(exist_ok=True)
-    lm = load_model(model, device=device)
     path = cache_activations(lm, data, out, config, force=force, progress=not quiet)
     click.echo(str(path))

@@ -15,6 +15,12 @@ from lensbias.report.svg import bar_chart, line_chart
 from lensbias.report.static import CSS, JS
 
 
+VERDICT_ORDER = ("dead", "blurred", "survived", "new")
+"""Feature groups in the order a reader wants them: what was lost first."""
+CARDS_PER_VERDICT = 60
+"""Cards shown per group; keeps the default report well under 10 MB."""
+
+
 def esc(value: Any) -> str:
     """HTML-escape anything (quotes included: values also land in attributes)."""
     return escape(str(value), quote=True)
@@ -144,9 +150,15 @@ def _features(saes: dict[str, Any]) -> str:
                      + ", ".join(f"{esc(k)}: {esc(v)}" for k, v in counts.items())
                      + f". Explained variance on A {fmt((s.get('quality_a') or {}).get('explained_variance'))},"
                      f" on B {fmt((s.get('quality_b') or {}).get('explained_variance'))}.</p>")
-        cards = [_card(hook, f) for f in rep.get("features", [])
-                 if f.get("verdict") != "inactive"][:200]
-        parts.append(f"<div class='cards'>{''.join(cards)}</div>")
+        for verdict in VERDICT_ORDER:
+            group = [f for f in rep.get("features", []) if f.get("verdict") == verdict]
+            if not group:
+                continue
+            group.sort(key=lambda f: -(f.get("rate_a") or 0))  # most active first
+            shown = group[:CARDS_PER_VERDICT]
+            parts.append(f"<h4 class='group'>{esc(verdict)}: {len(group)} features"
+                         f"{'' if len(shown) == len(group) else f' ({len(shown)} most active shown)'}"
+                         f"</h4><div class='cards'>{''.join(_card(hook, f) for f in shown)}</div>")
     controls = ("<div class='filters'>verdict <select id='verdict-filter'><option value=''>all</option>"
                 "<option>survived</option><option>blurred</option><option>dead</option>"
                 "<option>new</option></select> domain <select id='domain-filter'>"
