@@ -27,11 +27,13 @@ METHODS = [
     ("asvd", {"rank_ratio": 0.5}),
     ("svd-llm", {"rank_ratio": 0.5}),
     ("layer-drop", {"n_drop": 1}),
-    ("distill", {"n_layers": 2, "steps": 100}),
+    ("distill", {"n_layers": 2}),
 ]
 
 
 def main(model: str = "tiny-mixed") -> None:
+    import transformer_lens  # noqa: F401 (import time is not load time)
+
     from lensbias.compress import CalibConfig, Recipe, compress
     from lensbias.compress.measure import model_bits_per_byte
     from lensbias.models import load_model

@@ -96,9 +96,9 @@ class Distill(ModelMethod):
     name = "distill"
     needs_inputs = True
 
-    def __init__(self, n_layers: int | None = None, d_model: int | None = None, steps: int = 300,
+    def __init__(self, n_layers: int | None = None, d_model: int | None = None, steps: int = 60,
                  temperature: float = 2.0, alpha: float = 0.5, lr: float = 1e-3,
-                 batch_size: int = 16, init: str = "teacher"):
+                 batch_size: int = 8, init: str = "teacher"):
         _check_int("n_layers", n_layers, 1, allow_none=True)
         _check_int("d_model", d_model, 1, allow_none=True)
         _check_int("steps", steps, 1)
