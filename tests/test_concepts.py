@@ -372,3 +372,28 @@ def test_calibration_corpora_are_training_side() -> None:
     assert {ex.seq_labels["split"] for ex in prose.examples} == {"train"}
     assert sum(len(ex.text) for ex in code.examples) > 250_000
     assert sum(len(ex.text) for ex in prose.examples) > 250_000
+
+
+def test_real_tokenizers_get_the_right_labels() -> None:
+    """Hand-checked: tiny-mixed's BPE and MiniLM's WordPiece on one labelled sentence and one
+    Python line, through the built-in datasets' own labellers."""
+    from lensbias.models import load_model
+
+    sentence = next(e for e in load_dataset("ud-ewt").examples
+                    if e.text == "From the AP comes this story :")
+    (code,) = python_examples("def area(r):\n    return 3.14 * r ** 2\n", "x.py")
+    for name in ("tiny-mixed", "all-MiniLM-L6-v2"):
+        tok = load_model(name).tokenizer
+        for example, label_set, expect in (
+                (sentence, "upos", {"From": "ADP", "AP": "PROPN", "comes": "VERB",
+                                    "story": "NOUN", ":": "PUNCT"}),
+                (code, "token_kind", {"def": "keyword", "area": "identifier", "3.14": "number",
+                                      "**": "operator"})):
+            enc = tok.encode(example.text)
+            labels = align_labels(example.spans, enc.offsets, label_set)
+            for word, want in expect.items():
+                start = example.text.index(word)
+                hits = [lab for (a, b), lab, s in zip(enc.offsets, labels, enc.special)
+                        if not s and a < start + len(word) and start < b]
+                assert hits and all(h == want for h in hits), (name, word, hits)
+            assert all(lab is None for lab, s in zip(labels, enc.special) if s)
