@@ -1,0 +1,247 @@
+"""Sweeps, part 3: what a results table says. Plain functions over rows, plain dicts out.
+
+- ``interaction``: per method and level, does calibrating on a domain protect that domain's
+  concepts? ``[S(code|code) − S(code|prose)] − [S(prose|code) − S(prose|prose)]``, where
+  ``S(d|c)`` is the mean survival of concepts of domain ``d`` after calibrating on ``c``;
+  positive: each calibration domain protects its own concepts. 95% percentile bootstrap
+  interval, resampling seeds (with replacement) and, within each concept domain, concepts.
+- ``phase_curves``: mean survival vs level per method, calibration domain and concept domain,
+  with the collapse threshold: the level where survival first drops below 0.5, linearly
+  interpolated between the last level above and the first below (read in the direction of
+  harder compression; the first level itself when survival starts below 0.5; None if never).
+- ``anisotropy_vs_loss``: Spearman rank correlation across cells between the change in
+  anisotropy (B − A, mean over the probed layers, all tokens) and survival loss (1 − mean
+  survival).
+
+Rows are ``read_results`` rows; rows without a survival (A barely beats the baseline) are
+left out of every mean.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from lensbias.sweep.config import MORE_IS_LESS
+
+THRESHOLD = 0.5
+DOMAINS = ("code", "prose")
+
+
+def _ok(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _rows_with_survival(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if _ok(r.get("survival"))]
+
+
+def interaction(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0,
+                confidence: float = 0.95) -> dict[str, Any]:
+    """Calibration domain × concept domain interaction per (method, level), with a bootstrap CI.
+
+    Returns ``{"definition", "confidence", "n_boot", "rows": [{method, param, level,
+    interaction, ci: [lo, hi] | None, means: {"code|code": S(code concepts | code calib),
+    ...}, n_rows, n_seeds, n_concepts: {code, prose}}]}``; ``interaction`` is None when one
+    of the four (concept domain, calibration domain) combinations has no rows.
+    """
+    groups: dict[tuple[str, str, Any], list[dict[str, Any]]] = defaultdict(list)
+    for r in _rows_with_survival(rows):
+        if r.get("calib") in DOMAINS and r.get("concept_domain") in DOMAINS:
+            groups[(r["method"], r.get("param"), r["level"])].append(r)
+    rng = np.random.default_rng(seed)
+    out = []
+    for (method, param, level), group in sorted(groups.items(), key=lambda kv: _gkey(kv[0])):
+        out.append({"method": method, "param": param, "level": level,
+                    **_interaction_group(group, n_boot, rng, confidence)})
+    return {"definition": "S(code|code calib) - S(code|prose calib) - "
+                          "[S(prose|code calib) - S(prose|prose calib)]",
+            "confidence": confidence, "n_boot": n_boot, "rows": out}
+
+
+def _gkey(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple((0, x, "") if _ok(x) else (1, 0, str(x)) for x in key)
+
+
+def _interaction_group(group: list[dict[str, Any]], n_boot: int, rng: np.random.Generator,
+                       confidence: float) -> dict[str, Any]:
+    seeds = sorted({r["seed"] for r in group})
+    concepts = {d: sorted({r["concept"] for r in group if r["concept_domain"] == d})
+                for d in DOMAINS}
+    seed_ix = {s: i for i, s in enumerate(seeds)}
+    concept_ix = {(d, c): i for d in DOMAINS for i, c in enumerate(concepts[d])}
+    s = np.array([r["survival"] for r in group], float)
+    si = np.array([seed_ix[r["seed"]] for r in group])
+    ci_ = np.array([concept_ix[(r["concept_domain"], r["concept"])] for r in group])
+    dom = np.array([DOMAINS.index(r["concept_domain"]) for r in group])
+    cal = np.array([DOMAINS.index(r["calib"]) for r in group])
+    masks = {(d, c): (dom == i) & (cal == j)
+             for i, d in enumerate(DOMAINS) for j, c in enumerate(DOMAINS)}
+    means = {f"{d}|{c}": (float(s[m].mean()) if m.any() else None) for (d, c), m in masks.items()}
+    info = {"n_rows": len(group), "n_seeds": len(seeds),
+            "n_concepts": {d: len(concepts[d]) for d in DOMAINS}, "means": means}
+    if any(v is None for v in means.values()):
+        return {"interaction": None, "ci": None, **info}
+    value = _contrast(means)
+    # replicate weights: how often each seed / concept was drawn
+    w_seed = _draw_counts(rng, len(seeds), n_boot)
+    w_concept = {d: _draw_counts(rng, len(concepts[d]), n_boot) for d in DOMAINS}
+    w = w_seed[:, si]
+    for i, d in enumerate(DOMAINS):
+        rows_d = dom == i
+        w[:, rows_d] *= w_concept[d][:, ci_[rows_d]]
+    reps = {}
+    for (d, c), m in masks.items():
+        num = (w[:, m] * s[m]).sum(axis=1)
+        den = w[:, m].sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            reps[f"{d}|{c}"] = num / den
+    stat = _contrast(reps)
+    stat = stat[np.isfinite(stat)]
+    alpha = (1 - confidence) / 2
+    ci = ([float(np.quantile(stat, alpha)), float(np.quantile(stat, 1 - alpha))]
+          if stat.size else None)
+    return {"interaction": float(value), "ci": ci, "n_valid_boot": int(stat.size), **info}
+
+
+def _contrast(m: dict[str, Any]) -> Any:
+    return (m["code|code"] - m["code|prose"]) - (m["prose|code"] - m["prose|prose"])
+
+
+def _draw_counts(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarray:
+    """``[n_boot, n]``: times each of n items was drawn in a resample of size n."""
+    draws = rng.integers(0, n, size=(n_boot, n))
+    counts = np.zeros((n_boot, n))
+    np.add.at(counts, (np.repeat(np.arange(n_boot), n), draws.ravel()), 1)
+    return counts
+
+
+def collapse_threshold(levels: list[float], survival: list[float], descending: bool = False,
+                       threshold: float = THRESHOLD) -> float | None:
+    """The level where survival first drops below ``threshold``, linearly interpolated.
+
+    Levels are read in the order of harder compression (increasing, or decreasing when
+    ``descending``: bits, rank ratio, student layers). None if survival never drops below;
+    the first level itself if survival is already below there.
+    """
+    pts = sorted(zip(levels, survival), key=lambda p: p[0], reverse=descending)
+    prev = None
+    for level, s in pts:
+        if s < threshold:
+            if prev is None:
+                return float(level)
+            (l0, s0), (l1, s1) = prev, (level, s)
+            return float(l0 + (s0 - threshold) / (s0 - s1) * (l1 - l0))
+        prev = (level, s)
+    return None
+
+
+def phase_curves(rows: list[dict[str, Any]], threshold: float = THRESHOLD) -> dict[str, Any]:
+    """Mean survival vs level per (method, calibration domain, concept domain), with thresholds.
+
+    Returns ``{"threshold", "curves": [{method, param, calib, concept_domain, descending,
+    points: [{level, survival, n}], collapse_level}]}`` (points by increasing level).
+    """
+    acc: dict[tuple[Any, ...], dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in _rows_with_survival(rows):
+        key = (r["method"], r.get("param"), r.get("calib"), r.get("concept_domain") or "none")
+        acc[key][r["level"]].append(float(r["survival"]))
+    curves = []
+    for key in sorted(acc, key=_gkey):
+        method, param, calib, cdom = key
+        by_level = acc[key]
+        levels = sorted(by_level)
+        means = [float(np.mean(by_level[lv])) for lv in levels]
+        descending = param in MORE_IS_LESS
+        curves.append({"method": method, "param": param, "calib": calib,
+                       "concept_domain": cdom, "descending": descending,
+                       "points": [{"level": lv, "survival": m, "n": len(by_level[lv])}
+                                  for lv, m in zip(levels, means)],
+                       "collapse_level": collapse_threshold(levels, means, descending,
+                                                            threshold)})
+    return {"threshold": threshold, "curves": curves}
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rho (average ranks for ties); None with < 3 points or a constant side."""
+    if len(x) != len(y) or len(x) < 3:
+        return None
+    rx, ry = _ranks(np.asarray(x, float)), _ranks(np.asarray(y, float))
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    den = math.sqrt(float((rx * rx).sum() * (ry * ry).sum()))
+    return None if den == 0 else float((rx * ry).sum() / den)
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    order = np.argsort(v, kind="mergesort")
+    ranks = np.empty(len(v))
+    ranks[order] = np.arange(1, len(v) + 1)
+    for value in np.unique(v):
+        tied = v == value
+        if tied.sum() > 1:
+            ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def anisotropy_vs_loss(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Spearman rho across cells: change in anisotropy (B − A) vs survival loss (1 − survival).
+
+    Returns ``{"rho", "n_cells", "by_method": {method: {rho, n_cells}}, "points": [{cell_id,
+    method, level, calib, seed, d_anisotropy, survival_loss}]}``.
+    """
+    per_cell: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        c = per_cell.setdefault(r["cell_id"], {"row": r, "aniso": {}, "surv": []})
+        if _ok(r.get("d_anisotropy")):
+            c["aniso"][r["hook"]] = float(r["d_anisotropy"])
+        if _ok(r.get("survival")):
+            c["surv"].append(float(r["survival"]))
+    points = []
+    for cid, c in per_cell.items():
+        if not c["aniso"] or not c["surv"]:
+            continue
+        r = c["row"]
+        points.append({"cell_id": cid, "model": r.get("model"), "method": r["method"],
+                       "level": r["level"], "calib": r.get("calib"), "seed": r.get("seed"),
+                       "d_anisotropy": float(np.mean(list(c["aniso"].values()))),
+                       "survival_loss": 1.0 - float(np.mean(c["surv"]))})
+    by_method: dict[str, Any] = {}
+    for method in sorted({p["method"] for p in points}):
+        pts = [p for p in points if p["method"] == method]
+        by_method[method] = {"rho": spearman([p["d_anisotropy"] for p in pts],
+                                             [p["survival_loss"] for p in pts]),
+                             "n_cells": len(pts)}
+    return {"rho": spearman([p["d_anisotropy"] for p in points],
+                            [p["survival_loss"] for p in points]),
+            "n_cells": len(points), "by_method": by_method, "points": points}
+
+
+def analyse(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Interaction, phase curves and anisotropy vs loss for one results table."""
+    return {"n_rows": len(rows), "n_cells": len({r["cell_id"] for r in rows}),
+            "interaction": interaction(rows, n_boot=n_boot, seed=seed),
+            "phase_curves": phase_curves(rows),
+            "anisotropy_vs_loss": anisotropy_vs_loss(rows)}
+
+
+def interaction_table(result: dict[str, Any]) -> str:
+    """The interaction rows as a small text table (what ``lensbias sweep`` prints)."""
+    rows = result["interaction"]["rows"] if "interaction" in result else result["rows"]
+    if not rows:
+        return ("No interaction: it needs code and prose calibration and concepts of both "
+                "domains (with a survival) at some method and level.")
+    head = f"{'method':<12} {'level':>7} {'interaction':>11}  {'95% CI':<17} cc    cp    pc    pp"
+    lines = [head]
+    for r in rows:
+        m = r["means"]
+        val = "–" if r["interaction"] is None else f"{r['interaction']:+.3f}"
+        ci = "" if not r["ci"] else f"[{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]"
+        cells = " ".join("  –  " if m[k] is None else f"{m[k]:.2f}"
+                         for k in ("code|code", "code|prose", "prose|code", "prose|prose"))
+        lines.append(f"{r['method']:<12} {r['level']!s:>7} {val:>11}  {ci:<17} {cells}")
+    lines.append("cc = S(code concepts | code calib), cp = S(code | prose calib), "
+                 "pc = S(prose | code calib), pp = S(prose | prose calib)")
+    return "\n".join(lines)

@@ -1,0 +1,294 @@
+"""Sweeps, part 2: run every cell of a grid (compress + diff) into one resumable results table.
+
+Layout of ``out_dir``::
+
+    results.jsonl   one JSON object per row (cell × concept × layer), appended per finished cell
+    done            one line per finished cell: "<cell id> <attempt>", written after its rows
+    cells/<id>/     the cell's ``lensbias diff`` folder (summary.json, report.html, caches)
+    sweep.json      the config and the grid of the latest run (for people; not read back)
+
+A cell is finished iff its id is in ``done``. Its rows are written in one write + flush +
+fsync before its ``done`` line, so a killed sweep loses at most the cells in flight; rows
+of a cell whose ``done`` line never came (or that came from another attempt) are ignored
+on read, and a rerun redoes only unfinished cells (reusing their caches where they match).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from lensbias.compress import CalibConfig, Recipe
+from lensbias.diff import DiffConfig, run_diff
+from lensbias.errors import LensbiasError
+from lensbias.sweep.config import Cell, SweepConfig, cells
+
+RESULTS = "results.jsonl"
+DONE = "done"
+TIMING_FIELDS = frozenset({"cell_seconds"})
+"""Row fields that differ between otherwise identical runs."""
+GEOMETRY_METRICS = ("anisotropy", "isoscore", "effective_rank")
+
+
+def cpu_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], jobs: int = 1,
+              progress: bool = True) -> Path:
+    """Run the grid's unfinished cells into ``out_dir``; returns ``out_dir/results.jsonl``.
+
+    ``jobs`` > 1 runs cells in a process pool (spawned workers, each with
+    ``max(1, cores // jobs)`` torch threads); results are the same as with ``jobs=1``.
+    The first failing cell stops the sweep (cells already running are still finished and
+    kept) and its exception is raised; a rerun resumes.
+    """
+    if not isinstance(jobs, int) or jobs < 1:
+        raise LensbiasError(f"jobs must be a whole number >= 1, got {jobs!r}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise LensbiasError(f"{out} exists and is not a folder")
+    if not out.parent.exists():
+        raise LensbiasError(f"output folder {out.parent} does not exist")
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    results = out / RESULTS
+    grid = cells(config)
+    with _lock(out):
+        _write_atomic(out / "sweep.json", json.dumps(
+            {"config": config.to_dict(),
+             "cells": [{"id": c.id, "index": c.index, **c.spec()} for c in grid]}, indent=1))
+        finished = set(_done(out))
+        todo = [c for c in grid if c.id not in finished]
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc="sweep", unit="cell",
+                   disable=not progress, dynamic_ncols=True)
+        try:
+            if jobs == 1 or len(todo) <= 1:
+                for cell in todo:
+                    bar.set_postfix_str(_label(cell), refresh=True)
+                    _record(out, cell, run_cell(cell, config, out))
+                    bar.update(1)
+            else:
+                _run_pool(todo, config, out, min(jobs, len(todo)), bar)
+        finally:
+            bar.close()
+    return results
+
+
+def _run_pool(todo: list[Cell], config: SweepConfig, out: Path, jobs: int, bar: Any) -> None:
+    import multiprocessing
+    from concurrent.futures import CancelledError, ProcessPoolExecutor, as_completed
+
+    threads = max(1, cpu_cores() // jobs)
+    ctx = multiprocessing.get_context("spawn")
+    error: BaseException | None = None
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
+                             initargs=(threads,)) as pool:
+        futures = {pool.submit(run_cell, cell, config, out): cell for cell in todo}
+        try:
+            for future in as_completed(futures):
+                try:
+                    rows = future.result()
+                except CancelledError:
+                    continue
+                except BaseException as err:  # noqa: BLE001 (re-raised below)
+                    if error is None:
+                        error = err
+                        for f in futures:
+                            f.cancel()
+                    continue
+                _record(out, futures[future], rows)
+                bar.update(1)
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    if error is not None:
+        raise error
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _label(cell: Cell) -> str:
+    return f"{cell.method}:{cell.level} calib={cell.calib} seed={cell.seed}"
+
+
+def run_cell(cell: Cell, config: SweepConfig, out_dir: str | os.PathLike[str]
+             ) -> list[dict[str, Any]]:
+    """Compress + diff one cell into ``out_dir/cells/<id>/``; its results-table rows."""
+    start = time.perf_counter()
+    calib_kw: dict[str, Any] = {"seed": cell.seed}
+    if config.calib_n_seqs is not None:
+        calib_kw["n_seqs"] = config.calib_n_seqs
+    if config.calib_seq_len is not None:
+        calib_kw["seq_len"] = config.calib_seq_len
+    recipe = Recipe(cell.method, cell.recipe_params(), calib=CalibConfig(cell.calib, **calib_kw))
+    diff_config = DiffConfig(datasets=config.datasets, max_examples=config.max_examples,
+                             max_chars=config.max_chars, concepts=config.concepts,
+                             hooks=config.hooks, sae=config.sae, seed=cell.seed,
+                             n_bootstrap=config.n_bootstrap)
+    folder = Path(out_dir) / "cells" / cell.id
+    result = run_diff(cell.model, None, recipe, diff_config, folder, force=True)
+    return cell_rows(cell, result.to_dict(), round(time.perf_counter() - start, 2))
+
+
+def cell_rows(cell: Cell, summary: dict[str, Any], seconds: float | None = None
+              ) -> list[dict[str, Any]]:
+    """One row per concept × layer of a cell's ``summary.json`` (``SurvivalResult.to_dict()``)."""
+    base = {"cell_id": cell.id, "cell_index": cell.index, "model": cell.model,
+            "method": cell.method, "param": cell.param, "level": cell.level,
+            "params": dict(cell.params), "calib": cell.calib, "seed": cell.seed}
+    geometry: dict[tuple[str, str], dict[str, Any]] = {}
+    for g in (summary.get("geometry") or {}).get("rows", []):
+        if g.get("domain") == "all":
+            geometry[(g["hook"], g["model"])] = g
+    bpb = ((summary.get("behaviour") or {}).get("bits_per_byte")) or {}
+    behaviour = {f"bpb_{m.lower()}_{d}": (bpb.get(m) or {}).get(d)
+                 for m in ("A", "B") for d in ("code", "prose")}
+    rows = []
+    for p in (summary.get("probes") or {}).get("rows", []):
+        ci = p.get("survival_ci") or [None, None]
+        row = {**base, "concept": p["concept"], "concept_domain": p.get("domain"),
+               "hook": p["hook"], "layer": p.get("layer"), "acc_a": p.get("acc_a"),
+               "transfer": p.get("transfer"), "retrained": p.get("retrained"),
+               "majority": p.get("majority"), "survival": p.get("survival"),
+               "survival_lo": ci[0], "survival_hi": ci[1]}
+        a, b = geometry.get((p["hook"], "A"), {}), geometry.get((p["hook"], "B"), {})
+        for metric in GEOMETRY_METRICS:
+            va, vb = a.get(metric), b.get(metric)
+            row[f"{metric}_a"], row[f"{metric}_b"] = va, vb
+            row[f"d_{metric}"] = None if va is None or vb is None else vb - va
+        row.update(behaviour)
+        row["cell_seconds"] = seconds
+        rows.append(row)
+    return rows
+
+
+def _record(out: Path, cell: Cell, rows: list[dict[str, Any]]) -> None:
+    """Append a finished cell's rows (one write, fsynced), then its ``done`` line."""
+    attempt = uuid.uuid4().hex[:12]
+    text = "".join(json.dumps({**r, "_attempt": attempt}, allow_nan=False) + "\n" for r in rows)
+    _append(out / RESULTS, text)
+    _append(out / DONE, f"{cell.id} {attempt}\n")
+
+
+def _append(path: Path, text: str) -> None:
+    """Append whole lines, starting a fresh line if a killed writer left half of one."""
+    with open(path, "ab") as f:
+        if f.tell() > 0:
+            with open(path, "rb") as r:
+                r.seek(-1, os.SEEK_END)
+                if r.read(1) != b"\n":
+                    text = "\n" + text
+        f.write(text.encode("utf-8"))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _done(out: Path) -> dict[str, str]:
+    """Finished cells: id → the attempt whose rows count (the last ``done`` line wins)."""
+    done: dict[str, str] = {}
+    try:
+        text = (out / DONE).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return done
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            done[parts[0]] = parts[1]
+    return done
+
+
+def _lines(path: Path) -> Iterator[dict[str, Any]]:
+    try:
+        f = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        return
+    with f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # half a line from a killed run
+            if isinstance(row, dict):
+                yield row
+
+
+def read_results(out_dir: str | os.PathLike[str], config: SweepConfig | None = None
+                 ) -> list[dict[str, Any]]:
+    """Rows of finished cells, grouped by cell in grid order.
+
+    With ``config``, only the cells of its grid (in its order, ``cell_index`` set to it);
+    without, every finished cell in ``out_dir`` ordered by the ``cell_index`` it ran with.
+    """
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise LensbiasError(f"{out} is not a sweep folder")
+    done = _done(out)
+    by_cell: dict[str, list[dict[str, Any]]] = {}
+    for row in _lines(out / RESULTS):
+        cid = row.get("cell_id")
+        if cid in done and row.get("_attempt") == done[cid]:
+            row.pop("_attempt")
+            by_cell.setdefault(cid, []).append(row)
+    if config is not None:
+        order = {c.id: c.index for c in cells(config)}
+        keep = sorted((cid for cid in by_cell if cid in order), key=order.__getitem__)
+        rows = []
+        for cid in keep:
+            rows.extend({**r, "cell_index": order[cid]} for r in by_cell[cid])
+        return rows
+    keep = sorted(by_cell, key=lambda cid: (by_cell[cid][0].get("cell_index", 0), cid))
+    return [r for cid in keep for r in by_cell[cid]]
+
+
+def finished_cells(out_dir: str | os.PathLike[str]) -> set[str]:
+    """Ids of the finished cells in ``out_dir``."""
+    return set(_done(Path(out_dir)))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class _lock:
+    """An exclusive, non-blocking lock on ``out_dir/.lock`` (no two sweeps in one folder)."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> _lock:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return self
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            self.fd = None
+            raise LensbiasError(f"another sweep is running in {self.path.parent}; wait for it "
+                                "or choose another --out") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the flock
+            self.fd = None

@@ -1,0 +1,272 @@
+"""`lensbias sweep`: config validation, grid expansion, resumable runs, pool = sequential,
+and the analysis (interaction with bootstrap CI, collapse thresholds, Spearman)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import lensbias.sweep.run as sweep_run
+from conftest import CORPUS, make_lm
+from lensbias.concepts.jsonl import write_jsonl
+from lensbias.concepts.schema import ConceptDataset, Example, Span
+from lensbias.errors import LensbiasError
+from lensbias.models.folder import save_folder
+from lensbias.sweep import (analyse, anisotropy_vs_loss, cells, interaction, load_sweep_config,
+                            phase_curves, read_results, run_sweep)
+from lensbias.sweep.analysis import collapse_threshold, spearman
+from lensbias.sweep.config import sweep_config_from_dict
+from lensbias.sweep.run import TIMING_FIELDS
+
+
+def domain_dataset() -> ConceptDataset:
+    """Prose words carry a prose-only concept, code words a code-only one."""
+    examples = []
+    for i, text in enumerate(CORPUS * 2):
+        code = "def" in text or "for" in text
+        spans, pos = [], 0
+        for word in text.split():
+            start = text.index(word, pos)
+            pos = start + len(word)
+            label = ({"code_kind": "ident" if word[0].isalpha() else "symbol"} if code
+                     else {"prose_kind": "long" if len(word) > 3 else "short"})
+            spans.append(Span(start, pos, label))
+        examples.append(Example(f"ex{i}", text, tuple(spans),
+                                {"domain": "code" if code else "prose"}))
+    return ConceptDataset("domains", tuple(examples))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, bpe):
+    root = tmp_path_factory.mktemp("sweep")
+    lm = make_lm(bpe, n_ctx=64)
+    model = save_folder(root / "model", lm.model, bpe, {"name": "tiny-test"}, lm.token_counts)
+    data = root / "domains.jsonl"
+    write_jsonl(domain_dataset(), data)
+    raw = {"models": [str(model)], "methods": [{"name": "magnitude", "levels": [0.5]}],
+           "calib": ["code", "prose"], "seeds": [0], "datasets": [str(data)],
+           "max_chars": None, "n_bootstrap": 20}
+    return root, raw, sweep_config_from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def first(setup):
+    root, raw, cfg = setup
+    out = root / "s1"
+    run_sweep(cfg, out, jobs=1, progress=False)
+    return out, read_results(out, cfg)
+
+
+def strip(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]
+
+
+# --- config -----------------------------------------------------------------------------
+
+BASE = "models: [tiny-mixed]\nmethods:\n  - {name: wanda, levels: [0.5]}\n"
+
+
+@pytest.mark.parametrize("text, message", [
+    (BASE + "seed: [0]\n", "seed: unknown field (did you mean seeds?)"),
+    (BASE + "calib: []\n", "calib: is empty"),
+    (BASE + "seeds: [0.5]\n", "seeds[0]: must be a whole number"),
+    (BASE + "sae: maybe\n", "sae: must be true or false"),
+    (BASE + "max_chars: lots\n", "max_chars: must be a whole number"),
+    ("models: [tiny-mixed]\nmethods: [{name: wandaa, levels: [0.5]}]\n",
+     "methods[0].name: unknown compression method 'wandaa' (did you mean wanda?)"),
+    ("models: [tiny-mixed]\nmethods: [{name: wanda, levels: []}]\n",
+     "methods[0] (wanda).levels: is empty"),
+    ("models: [tiny-mixed]\nmethods: [{name: wanda}]\n", "methods[0] (wanda).levels: missing"),
+    ("models: [tiny-mixed]\nmethods: [{name: gptq, levels: [3, 1]}]\n",
+     "methods[0] (gptq).levels[1]: bits must be one of"),
+    ("models: [tiny-mixed]\nmethods: [{name: wanda, levels: [0.5], color: red}]\n",
+     "methods[0] (wanda).color: unknown field"),
+    ("models: [tiny-mixed]\nmethods: [wanda]\n", "methods[0]: must be a mapping"),
+    ("models: tiny-mixed\nmethods: [{name: wanda, levels: [0.5]}]\n", "models: must be a list"),
+    ("methods: [{name: wanda, levels: [0.5]}]\n", "models: missing"),
+    ("models: [a\n", "not valid YAML"),
+])
+def test_config_errors(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(LensbiasError) as err:
+        load_sweep_config(path)
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_grid_order_and_stable_ids(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text("models: [tiny-mixed]\nmethods:\n  - {name: magnitude, levels: [0.3, 0.6]}\n"
+                    "  - {name: gptq, levels: [4.0], group_size: 32}\ncalib: [code, prose]\n"
+                    "seeds: [0, 1]\nmax_chars: 8000\n")
+    cfg = load_sweep_config(path)
+    grid = cells(cfg)
+    assert [(c.method, c.level, c.calib, c.seed) for c in grid[:5]] == [
+        ("magnitude", 0.3, "code", 0), ("magnitude", 0.3, "code", 1),
+        ("magnitude", 0.3, "prose", 0), ("magnitude", 0.3, "prose", 1),
+        ("magnitude", 0.6, "code", 0)]
+    assert len(grid) == 12 and [c.index for c in grid] == list(range(12))
+    assert grid[-1].param == "bits" and grid[-1].level == 4 and isinstance(grid[-1].level, int)
+    assert grid[-1].recipe_params() == {"group_size": 32, "bits": 4}
+    ids = [c.id for c in grid]
+    assert len(set(ids)) == 12 and all(len(i) == 12 for i in ids)
+    assert [c.id for c in cells(load_sweep_config(path))] == ids  # stable across loads
+    # a cell keeps its id when the grid around it grows; diff settings change it
+    path.write_text(path.read_text().replace("levels: [0.3, 0.6]", "levels: [0.6, 0.3, 0.9]"))
+    assert set(ids) <= {c.id for c in cells(load_sweep_config(path))}
+    path.write_text(path.read_text().replace("max_chars: 8000", "max_chars: 9000"))
+    assert not set(ids) & {c.id for c in cells(load_sweep_config(path))}
+    quick = cfg.quick()
+    assert [(c.method, c.level, c.seed) for c in cells(quick)] == [
+        ("magnitude", 0.3, 0), ("magnitude", 0.3, 0), ("gptq", 4, 0), ("gptq", 4, 0)]
+
+
+# --- running ----------------------------------------------------------------------------
+
+def test_sweep_writes_one_table(first, setup):
+    out, rows = first
+    _, _, cfg = setup
+    grid = cells(cfg)
+    assert [r["cell_id"] for r in rows][0] == grid[0].id
+    assert {r["cell_id"] for r in rows} == {c.id for c in grid}
+    assert {r["concept_domain"] for r in rows} == {"code", "prose"}
+    assert {r["calib"] for r in rows} == {"code", "prose"}
+    for r in rows:
+        assert r["method"] == "magnitude" and r["level"] == 0.5 and r["param"] == "sparsity"
+        assert r["hook"].startswith("blocks.") and isinstance(r["layer"], int)
+        assert r["d_anisotropy"] == pytest.approx(r["anisotropy_b"] - r["anisotropy_a"])
+        assert r["bpb_a_code"] > 0 and "survival_lo" in r and "_attempt" not in r
+    assert len(rows) == 2 * 2 * 2  # cells × concepts × layers
+    for c in grid:
+        assert (out / "cells" / c.id / "summary.json").exists()
+
+
+def test_rerun_skips_finished_cells(first, setup, monkeypatch):
+    out, rows = first
+    _, _, cfg = setup
+    stamp = (out / "results.jsonl").stat().st_mtime_ns
+
+    def boom(*a, **k):
+        raise AssertionError("run_diff called for a finished cell")
+
+    monkeypatch.setattr(sweep_run, "run_diff", boom)
+    run_sweep(cfg, out, jobs=1, progress=False)
+    assert (out / "results.jsonl").stat().st_mtime_ns == stamp
+    assert read_results(out, cfg) == rows
+
+
+def test_crash_mid_cell_then_resume(first, setup, monkeypatch):
+    root, _, cfg = setup
+    out = root / "crash"
+    real = sweep_run.run_diff
+    calls = []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(sweep_run, "run_diff", flaky)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_sweep(cfg, out, jobs=1, progress=False)
+    grid = cells(cfg)
+    assert {r["cell_id"] for r in read_results(out, cfg)} == {grid[0].id}
+    # a writer killed mid-row leaves half a line, and rows of a cell with no done line
+    with open(out / "results.jsonl", "a") as f:
+        f.write(json.dumps({"cell_id": grid[1].id, "_attempt": "x", "survival": 0.1}) + "\n")
+        f.write('{"cell_id": "' + grid[1].id + '", "surv')
+    assert {r["cell_id"] for r in read_results(out, cfg)} == {grid[0].id}
+    monkeypatch.setattr(sweep_run, "run_diff", real)
+    run_sweep(cfg, out, jobs=1, progress=False)
+    assert strip(read_results(out, cfg)) == strip(first[1])
+
+
+def test_pool_gives_the_same_rows(first, setup):
+    root, _, cfg = setup
+    out = root / "pool"
+    run_sweep(cfg, out, jobs=2, progress=False)
+    key = lambda r: (r["cell_id"], r["concept"], r["hook"])  # noqa: E731
+    assert sorted(strip(read_results(out, cfg)), key=key) == sorted(strip(first[1]), key=key)
+    assert strip(read_results(out, cfg)) == strip(first[1])  # grid order either way
+
+
+def test_cli_writes_analysis(first, setup, tmp_path, capsys):
+    from lensbias.cli.sweep import sweep
+
+    out, rows = first
+    _, raw, _ = setup
+    path = tmp_path / "s.yaml"
+    path.write_text(json.dumps(raw))  # JSON is YAML
+    sweep.main([str(path), "--out", str(out)], standalone_mode=False)
+    captured = capsys.readouterr()
+    assert "magnitude" in captured.out and "interaction" in captured.out
+    analysis = json.loads((out / "analysis.json").read_text())
+    assert analysis["n_cells"] == 2 and analysis["interaction"]["rows"]
+    with pytest.raises(LensbiasError, match="unknown field"):
+        path.write_text(json.dumps({**raw, "jobs": 2}))
+        sweep.main([str(path), "--out", str(out), "-q"], standalone_mode=False)
+
+
+# --- analysis ---------------------------------------------------------------------------
+
+def hand_rows():
+    """S(domain | calib): code|code .9/.7, code|prose .5/.1, prose|code .6/.6, prose|prose .8/.8
+    for concepts c1/c2 and p1/p2, identical over seeds 0 and 1."""
+    table = {("code", "code"): {"c1": 0.9, "c2": 0.7}, ("code", "prose"): {"c1": 0.5, "c2": 0.1},
+             ("prose", "code"): {"p1": 0.6, "p2": 0.6},
+             ("prose", "prose"): {"p1": 0.8, "p2": 0.8}}
+    rows = []
+    for (dom, calib), per in table.items():
+        for seed in (0, 1):
+            for concept, s in per.items():
+                rows.append({"cell_id": f"{calib}-{seed}", "method": "wanda", "param": "sparsity",
+                             "level": 0.5, "calib": calib, "seed": seed, "concept": concept,
+                             "concept_domain": dom, "hook": "blocks.1.hook_resid_post",
+                             "layer": 1, "survival": s, "d_anisotropy": 0.1})
+    return rows
+
+
+def test_interaction_matches_hand_computation():
+    # (0.8 - 0.3) - (0.6 - 0.8) = 0.7
+    result = interaction(hand_rows(), n_boot=500, seed=1)
+    (row,) = result["rows"]
+    assert row["interaction"] == pytest.approx(0.7)
+    assert row["means"]["code|code"] == pytest.approx(0.8)
+    lo, hi = row["ci"]
+    assert lo <= 0.7 <= hi and lo < hi  # code concepts vary, so the interval is not a point
+    assert row["n_seeds"] == 2 and row["n_concepts"] == {"code": 2, "prose": 2}
+    assert interaction(hand_rows(), n_boot=500, seed=1) == result  # seeded
+    missing = [r for r in hand_rows() if r["calib"] == "code"]
+    assert interaction(missing)["rows"][0]["interaction"] is None
+
+
+def test_collapse_threshold_and_curves():
+    assert collapse_threshold([0.1, 0.3, 0.5], [0.9, 0.7, 0.3]) == pytest.approx(0.4)
+    assert collapse_threshold([0.5, 0.1, 0.3], [0.3, 0.9, 0.7]) == pytest.approx(0.4)
+    assert collapse_threshold([0.1, 0.3], [0.9, 0.6]) is None
+    assert collapse_threshold([0.1, 0.3], [0.4, 0.2]) == pytest.approx(0.1)
+    # bits: fewer is harder, so the curve is read from 8 down
+    assert collapse_threshold([8, 4, 3, 2], [1.0, 0.8, 0.6, 0.2],
+                              descending=True) == pytest.approx(2.75)
+    rows = [{"method": "gptq", "param": "bits", "level": lv, "calib": "code",
+             "concept_domain": "code", "survival": s, "cell_id": str(lv)}
+            for lv, s in [(8, 1.0), (4, 0.8), (3, 0.6), (3, 0.6), (2, 0.2), (2, None)]]
+    (curve,) = phase_curves(rows)["curves"]
+    assert [p["level"] for p in curve["points"]] == [2, 3, 4, 8]
+    assert curve["points"][1]["n"] == 2 and curve["descending"]
+    assert curve["collapse_level"] == pytest.approx(2.75)
+
+
+def test_anisotropy_vs_loss_spearman():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 2]) == pytest.approx(-0.9486833)  # ties averaged
+    assert spearman([1, 1, 1], [1, 2, 3]) is None and spearman([1, 2], [1, 2]) is None
+    rows = [{"cell_id": f"c{i}", "method": "wanda", "level": lv, "calib": "code", "seed": 0,
+             "hook": h, "d_anisotropy": lv * k, "survival": 1 - lv}
+            for i, lv in enumerate([0.2, 0.4, 0.6, 0.8]) for h, k in (("b0", 1), ("b1", 3))]
+    result = anisotropy_vs_loss(rows)
+    assert result["n_cells"] == 4 and result["rho"] == pytest.approx(1.0)
+    assert result["points"][0]["d_anisotropy"] == pytest.approx(0.4)  # mean over layers
+    assert analyse(hand_rows())["n_cells"] == 4
