@@ -69,11 +69,53 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Recipe:
-        targets = dict(raw.get("targets", {}))
-        if targets.get("layers") is not None:
-            targets["layers"] = tuple(targets["layers"])
-        return cls(raw["method"], dict(raw.get("params", {})), Targets(**targets),
-                   CalibConfig(**raw.get("calib", {})))
+        """The inverse of ``to_dict`` (e.g. recipe.json's ``"recipe"``); a malformed one
+        raises LensbiasError naming the field."""
+        if not isinstance(raw, dict):
+            raise LensbiasError(f"a recipe must be an object, got {type(raw).__name__}")
+        method = raw.get("method")
+        if not isinstance(method, str) or not method:
+            raise LensbiasError(f"recipe field 'method' must be a method name, got {method!r:.60}")
+        params = _section(raw, "params")
+        targets = _section(raw, "targets", [f.name for f in dataclasses.fields(Targets)])
+        calib = _section(raw, "calib", [f.name for f in dataclasses.fields(CalibConfig)])
+        for key in ("attn", "mlp", "embed", "unembed"):
+            if key in targets and not isinstance(targets[key], bool):
+                raise LensbiasError(f"recipe field targets.{key} must be true or false")
+        layers = targets.get("layers")
+        if layers is not None:
+            if not (isinstance(layers, (list, tuple)) and len(layers) == 2
+                    and all(_is_int(x) for x in layers)):
+                raise LensbiasError("recipe field targets.layers must be null or "
+                                    "[first, last] block numbers")
+            targets["layers"] = tuple(layers)
+        if "domain" in calib and not isinstance(calib["domain"], str):
+            raise LensbiasError("recipe field calib.domain must be a string")
+        for key in ("n_seqs", "seq_len", "seed"):
+            if key in calib and not (_is_int(calib[key]) and calib[key] >= 0):
+                raise LensbiasError(f"recipe field calib.{key} must be a whole number >= 0")
+        return cls(method, params, Targets(**targets), CalibConfig(**calib))
+
+
+def _shown(name: str) -> str:
+    """A key as it can appear in a one-line message."""
+    return (name if name.isprintable() else repr(name))[:40]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _section(raw: dict[str, Any], key: str, known: list[str] | None = None) -> dict[str, Any]:
+    """``raw[key]`` as a dict of string keys (``{}`` when absent), checked against ``known``."""
+    value = raw.get(key, {})
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise LensbiasError(f"recipe field {key!r} must be an object, got {type(value).__name__}")
+    unknown = sorted(_shown(k) for k in value if known is not None and k not in known)
+    if unknown:
+        raise LensbiasError(f"recipe field {key}.{unknown[0]} is unknown; "
+                            f"{key} takes {', '.join(known or ())}")
+    return dict(value)
 
 
 @dataclass
@@ -102,11 +144,16 @@ def make_method(name: str, params: dict[str, Any]) -> MatrixMethod | ModelMethod
         raise LensbiasError(f"unknown compression method {name!r}; choose from "
                             f"{', '.join(sorted(METHODS))}")
     accepted = method_params(name)
-    extra = sorted(set(params) - set(accepted))
+    extra = sorted(_shown(str(p)) for p in set(params) - set(accepted))
     if extra:
         raise LensbiasError(f"method {name} does not take {', '.join(extra)}; it takes "
                             f"{', '.join(accepted) or 'no options'}")
-    return METHODS[name](**params)
+    try:
+        return METHODS[name](**params)
+    except (TypeError, ValueError, OverflowError) as err:  # e.g. sparsity "half" from a file
+        raise LensbiasError(f"method {name}: an option has a value of the wrong kind "
+                            f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+                            ) from None
 
 
 def method_params(name: str) -> list[str]:

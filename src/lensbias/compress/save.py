@@ -43,6 +43,18 @@ def read_recipe(folder: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise LensbiasError(f"{folder} has no {RECIPE_FILE}: it was not made by `lensbias compress`")
     try:
-        return json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise LensbiasError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+    except UnicodeDecodeError:
+        raise LensbiasError(f"{path} is not UTF-8 text") from None
+    except ValueError as err:  # e.g. an integer longer than Python converts
+        raise LensbiasError(f"{path} is not valid JSON ({str(err).splitlines()[0]})") from None
+    except RecursionError:
+        raise LensbiasError(f"{path}: JSON nested too deeply") from None
+    except OSError as err:
+        raise LensbiasError(f"cannot read {path}: {err.strerror or err}") from None
+    if not isinstance(raw, dict):
+        raise LensbiasError(f"{path} holds a JSON {type(raw).__name__}, not a JSON object: it "
+                            "was not written by `lensbias compress`")
+    return raw

@@ -55,6 +55,8 @@ def load_concept_set(spec: str | Path) -> ConceptSet:
             return _parse(path.read_text(encoding="utf-8"), str(path))
         except OSError as err:
             raise LensbiasError(f"cannot read concept set {path}: {err.strerror}") from None
+        except UnicodeDecodeError:
+            raise LensbiasError(f"concept set {path} is not UTF-8 text") from None
     raise LensbiasError(f"unknown concept set {str(spec)!r}; shipped: {', '.join(sorted(shipped))}"
                         " (or give a .yaml path)")
 
@@ -64,6 +66,8 @@ def _parse(text: str, where: str) -> ConceptSet:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise LensbiasError(f"{where}: not valid YAML ({str(err).splitlines()[0]})") from None
+    except RecursionError:
+        raise LensbiasError(f"{where}: YAML nested too deeply") from None
     if not isinstance(raw, dict):
         raise LensbiasError(f"{where}: expected a mapping with fields {', '.join(FIELDS)}")
     missing = [f for f in FIELDS if f not in raw]

@@ -117,5 +117,8 @@ def load_folder(folder: Path) -> tuple[torch.nn.Module, TextTokenizer, np.ndarra
     except (ValueError, TypeError) as err:
         raise LensbiasError(f"{folder}: weights do not fit the config ({err})") from None
     counts_path = folder / "token_counts.safetensors"
-    counts = load_file(counts_path)["counts"].numpy() if counts_path.exists() else None
+    try:
+        counts = load_file(counts_path)["counts"].numpy() if counts_path.exists() else None
+    except Exception as err:  # safetensors raises its own error types; a missing key
+        raise LensbiasError(f"{counts_path} is unreadable: {err}".splitlines()[0]) from None
     return model, tok, counts, meta
