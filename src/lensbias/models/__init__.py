@@ -76,14 +76,14 @@ def load_model(spec: str | Path, device: str = "cpu") -> LoadedModel:
     name = str(spec)
     if name in TINY_NAMES:
         return _load_folder(WEIGHTS_DIR / name, name, "builtin", device)
+    path = Path(name)
+    if path.is_dir():  # a folder wins over name patterns (".../minilm-pruned/" is a folder)
+        return _load_folder(path, name, "folder", device)
     if "minilm" in name.lower():
         from lensbias.models.minilm import load_minilm
 
         model, tok = load_minilm()
         return LoadedModel(MINILM_NAME, adapter.to_device(model, device), HFTokenizer(tok), "minilm")
-    path = Path(name)
-    if path.is_dir():
-        return _load_folder(path, name, "folder", device)
     return _load_pretrained(name, device)
 
 
