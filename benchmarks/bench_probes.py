@@ -12,6 +12,7 @@ prints held-out accuracy, seconds per fit and the speed ratio, in one process.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -68,7 +69,7 @@ def main() -> None:
     parser.add_argument("--cache", help="an activation cache to read instead of synthetic data")
     parser.add_argument("--hook")
     parser.add_argument("--concept")
-    args = parser.parse_args()
+    args = parser.parse_args([a for a in sys.argv[1:] if not a.startswith("bench_")])
     torch.set_num_threads(args.threads)
     try:
         from threadpoolctl import threadpool_limits
