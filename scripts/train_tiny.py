@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import re
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lensbias.concepts.conllu import read_paragraphs
 from lensbias.concepts.stdlib import is_held_out, stdlib_files
 from lensbias.models.adapter import build_decoder
 from lensbias.models.folder import save_folder
@@ -33,21 +33,11 @@ EVAL_CHARS = 150_000
 
 
 def gum_documents(data: Path, split: str) -> list[str]:
-    """Plain text of GUM documents of one official split: sentences joined, paragraphs split."""
+    """Plain text of GUM documents of one official split: paragraphs separated by a blank line."""
     root = data / "ud-english-gum"
-    docs = []
-    for name in (root / f"files.{split}").read_text().split():
-        path = root / "sources" / f"{name}.conllu"
-        if not path.exists():  # GUM's reddit documents are listed but not distributed
-            continue
-        paragraphs: list[list[str]] = [[]]
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.startswith("# newpar") and paragraphs[-1]:
-                paragraphs.append([])
-            elif line.startswith("# text = "):
-                paragraphs[-1].append(line[len("# text = "):])
-        docs.append("\n\n".join(" ".join(p) for p in paragraphs if p))
-    return docs
+    paths = [root / "sources" / f"{name}.conllu" for name in (root / f"files.{split}").read_text().split()]
+    # GUM's reddit documents are listed but not distributed
+    return ["\n\n".join(read_paragraphs(p)) for p in paths if p.exists()]
 
 
 def code_documents(held_out: bool, max_chars: int) -> list[str]:

@@ -47,6 +47,14 @@ def make_lm(tokenizer: BPETokenizer, seed: int = 0, n_ctx: int = 64) -> LoadedMo
     return LoadedModel(f"random-{seed}", model, tokenizer, "test", counts)
 
 
+def model_folder(folder, tokenizer: BPETokenizer, n_ctx: int = 64):
+    """A random test model saved as a lensbias model folder (loadable by path)."""
+    from lensbias.models.folder import save_folder
+
+    lm = make_lm(tokenizer, n_ctx=n_ctx)
+    return save_folder(folder, lm.model, tokenizer, {"name": "tiny-test"}, lm.token_counts)
+
+
 @pytest.fixture()
 def tiny_lm(bpe: BPETokenizer) -> LoadedModel:
     return make_lm(bpe)

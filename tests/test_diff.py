@@ -8,10 +8,9 @@ import time
 
 import pytest
 
-from conftest import CORPUS, make_lm, word_dataset
+from conftest import CORPUS, model_folder, word_dataset
 from lensbias.cli import main
 from lensbias.concepts.jsonl import write_jsonl
-from lensbias.models.folder import save_folder
 from lensbias.survival import SurvivalResult
 
 HOSTILE = ['<script>alert(1)</script> the cat sat', '"><img src=x onerror=alert(2)> dogs ran']
@@ -33,8 +32,7 @@ def hostile_dataset():
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, bpe):
     root = tmp_path_factory.mktemp("diff")
-    lm = make_lm(bpe, n_ctx=64)
-    model = save_folder(root / "model", lm.model, bpe, {"name": "tiny-test"}, lm.token_counts)
+    model = model_folder(root / "model", bpe)
     data = root / '"><img src=x onerror=alert(5)>.jsonl'
     write_jsonl(hostile_dataset(), data)
     return root, model, data

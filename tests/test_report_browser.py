@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CORPUS, make_lm, word_dataset
+from conftest import CORPUS, model_folder, word_dataset
 from lensbias.cli import main
 from lensbias.concepts.jsonl import write_jsonl
-from lensbias.models.folder import save_folder
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed "
@@ -25,8 +24,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 @pytest.fixture(scope="module")
 def report(tmp_path_factory, bpe) -> Path:
     root = tmp_path_factory.mktemp("browser")
-    lm = make_lm(bpe, n_ctx=64)
-    model = save_folder(root / "model", lm.model, bpe, {"name": "tiny-test"}, lm.token_counts)
+    model = model_folder(root / "model", bpe)
     data = root / "data.jsonl"
     write_jsonl(word_dataset((CORPUS + ["<script>alert(1)</script> the cat"]) * 4), data)
     out = root / "report"

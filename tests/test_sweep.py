@@ -8,11 +8,10 @@ import json
 import pytest
 
 import lensbias.sweep.run as sweep_run
-from conftest import CORPUS, make_lm
+from conftest import CORPUS, model_folder
 from lensbias.concepts.jsonl import write_jsonl
 from lensbias.concepts.schema import ConceptDataset, Example, Span
 from lensbias.errors import LensbiasError
-from lensbias.models.folder import save_folder
 from lensbias.sweep import (analyse, anisotropy_vs_loss, cells, interaction, load_sweep_config,
                             phase_curves, read_results, run_sweep)
 from lensbias.sweep.analysis import collapse_threshold, spearman
@@ -40,8 +39,7 @@ def domain_dataset() -> ConceptDataset:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, bpe):
     root = tmp_path_factory.mktemp("sweep")
-    lm = make_lm(bpe, n_ctx=64)
-    model = save_folder(root / "model", lm.model, bpe, {"name": "tiny-test"}, lm.token_counts)
+    model = model_folder(root / "model", bpe)
     data = root / "domains.jsonl"
     write_jsonl(domain_dataset(), data)
     raw = {"models": [str(model)], "methods": [{"name": "magnitude", "levels": [0.5]}],

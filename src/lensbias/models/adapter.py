@@ -72,7 +72,8 @@ def from_pretrained(name: str, device: str = "cpu") -> Any:
 def _load_exact(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
     """Copy weights in, checking every name and shape (buffers such as masks may be absent)."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state_dict and not _is_buffer(model, k)]
+    buffers = dict(model.named_buffers())
+    missing = [k for k in own if k not in state_dict and k not in buffers]
     unexpected = [k for k in state_dict if k not in own]
     if missing or unexpected:
         raise ValueError(f"state dict mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
@@ -80,10 +81,6 @@ def _load_exact(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> 
         if own[k].shape != v.shape:
             raise ValueError(f"{k}: checkpoint shape {tuple(v.shape)} != model {tuple(own[k].shape)}")
     model.load_state_dict(state_dict, strict=False)
-
-
-def _is_buffer(model: torch.nn.Module, key: str) -> bool:
-    return key in dict(model.named_buffers())
 
 
 def to_device(model: Any, device: str) -> Any:
@@ -123,13 +120,7 @@ def run_hooks(model: Any, tokens: torch.Tensor, hooks: Sequence[str],
     Returns ``{hook: [batch, pos, d]}``. Uses forward hooks (no full cache is built).
     """
     got: dict[str, torch.Tensor] = {}
-
-    def keep(name: str) -> Callable[[torch.Tensor, Any], None]:
-        def fn(act: torch.Tensor, hook: Any) -> None:
-            got[name] = act.detach()
-        return fn
-
-    fwd = [(h, keep(h)) for h in hooks]
+    fwd = _recorders(hooks, got)
     with torch.inference_mode():
         if is_encoder(model):
             with model.hooks(fwd_hooks=fwd):
@@ -142,6 +133,17 @@ def run_hooks(model: Any, tokens: torch.Tensor, hooks: Sequence[str],
     return {h: got[h] for h in hooks}
 
 
+def _recorders(hooks: Sequence[str], got: dict[str, torch.Tensor]
+               ) -> list[tuple[str, Callable[[torch.Tensor, Any], None]]]:
+    """Forward hooks that store each named hook's activation into ``got``."""
+    def keep(name: str) -> Callable[[torch.Tensor, Any], None]:
+        def fn(act: torch.Tensor, hook: Any) -> None:
+            got[name] = act.detach()
+        return fn
+
+    return [(h, keep(h)) for h in hooks]
+
+
 def block_input(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     """The residual stream entering block 0 (embeddings), ``[batch, pos, d_model]``."""
     return run_hooks(model, tokens, ["blocks.0.hook_resid_pre"])["blocks.0.hook_resid_pre"]
@@ -151,13 +153,7 @@ def run_block(model: Any, layer: int, resid: torch.Tensor, hooks: Sequence[str] 
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Run one block on its input residual stream; returns its output and the named hooks."""
     got: dict[str, torch.Tensor] = {}
-
-    def keep(name: str) -> Callable[[torch.Tensor, Any], None]:
-        def fn(act: torch.Tensor, hook: Any) -> None:
-            got[name] = act.detach()
-        return fn
-
-    with torch.inference_mode(), model.hooks(fwd_hooks=[(h, keep(h)) for h in hooks]):
+    with torch.inference_mode(), model.hooks(fwd_hooks=_recorders(hooks, got)):
         out = model.blocks[layer](resid)
     return out, got
 
