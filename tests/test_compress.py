@@ -130,6 +130,23 @@ def test_same_seed_bit_identical_and_saved_folder_loads_back(bpe, tmp_path):
     assert Recipe.from_dict(recipe_json["recipe"]) == recipe
 
 
+def test_bits_per_byte_is_measured_once_per_weights(bpe, monkeypatch):
+    import lensbias.compress.measure as measure
+
+    calls = []
+    real = measure._measure_bpb
+    monkeypatch.setattr(measure, "_measure_bpb", lambda lm: calls.append(1) or real(lm))
+    monkeypatch.setattr(measure, "_BPB_MEMO", {})
+    lm = make_lm(bpe)
+    first = measure.model_bits_per_byte(lm)
+    first["code"] = -1.0  # callers get a copy
+    again = measure.model_bits_per_byte(make_lm(bpe))  # same seed: same weights
+    assert len(calls) == 1 and again["code"] > 0
+    pruned = compress(lm, Recipe("magnitude", {"sparsity": 0.5})).lm
+    measure.model_bits_per_byte(pruned)
+    assert len(calls) == 2  # new weights, new measurement
+
+
 def test_nan_is_reported_not_saved(bpe, monkeypatch, tmp_path):
     lm = make_lm(bpe)
     monkeypatch.setattr(Magnitude, "compress", lambda self, w, s: w * float("nan"))

@@ -3,6 +3,8 @@ fast probe against sklearn, the report's JSON round trip and the store checks.""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import numpy as np
@@ -52,6 +54,18 @@ def test_model_against_itself_transfers_exactly():
     assert row.cos_dom == pytest.approx(1.0, abs=1e-5)
     assert row.survival == 1.0 and row.transfer_drop == 0.0
     assert 0.5 < row.ceiling_probe < 1.0 and row.ceiling_dom <= 1.0
+
+
+def test_without_ceiling_or_control_the_accuracies_are_unchanged():
+    acts, labels, groups, test = planted(strength=0.4)
+    noisy = acts + np.random.default_rng(3).normal(size=acts.shape).astype(np.float32)
+    full = fit_concept(acts, noisy, labels, groups, test, config=FAST)
+    lean = fit_concept(acts, noisy, labels, groups, test,
+                       config=dataclasses.replace(FAST, ceiling=False, control=False))
+    for key in ("acc_a", "transfer", "retrained", "survival", "cos_probe", "cos_dom"):
+        assert getattr(lean, key) == pytest.approx(getattr(full, key)), key
+    assert 0.5 < full.ceiling_probe <= 1.0 and np.isnan(lean.ceiling_probe)
+    assert np.isnan(lean.cos_probe_halves) and np.isnan(lean.control_a)
 
 
 def test_noise_instead_of_b_transfers_at_chance():

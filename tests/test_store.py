@@ -142,6 +142,24 @@ def test_unknown_hook_and_concept_are_named(tiny_lm, small_dataset, tmp_path):
             store.labels("upos")
 
 
+def test_relative_block_index_names_the_last_blocks(tiny_lm, small_dataset, tmp_path):
+    """blocks.-1 is the last block whatever the depth, so a student and its teacher share it."""
+    hooks = ("blocks.-1.hook_resid_post", "blocks.-2.hook_resid_post")
+    rel = cache_activations(tiny_lm, small_dataset, tmp_path / "r.h5",
+                            CacheConfig(hooks=hooks, dtype="float32"))
+    ab = cache_activations(tiny_lm, small_dataset, tmp_path / "a.h5", CacheConfig(dtype="float32"))
+    with ActivationStore(rel) as r, ActivationStore(ab) as a:
+        assert r.hooks == list(hooks)
+        np.testing.assert_array_equal(r.activations(hooks[0]),
+                                      a.activations("blocks.1.hook_resid_post"))
+        np.testing.assert_array_equal(r.activations(hooks[1]),
+                                      a.activations("blocks.0.hook_resid_post"))
+    with pytest.raises(LensbiasError, match="counts 3 blocks back, but the model has 2"):
+        cache_activations(tiny_lm, small_dataset, tmp_path / "b.h5",
+                          CacheConfig(hooks=("blocks.-3.hook_resid_post",)))
+    assert not (tmp_path / "b.h5").exists()
+
+
 def test_truncated_file_is_detected(tiny_lm, small_dataset, tmp_path):
     out = cache_activations(tiny_lm, small_dataset, tmp_path / "a.h5")
     data = out.read_bytes()

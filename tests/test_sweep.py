@@ -118,6 +118,35 @@ def test_grid_order_and_stable_ids(tmp_path):
     quick = cfg.quick()
     assert [(c.method, c.level, c.seed) for c in cells(quick)] == [
         ("magnitude", 0.3, 0), ("magnitude", 0.3, 0), ("gptq", 4, 0), ("gptq", 4, 0)]
+    assert (quick.max_chars, quick.n_bootstrap, quick.calib_n_seqs) == (3000, 50, 16)
+
+
+def test_method_calib_and_probe_options(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("models: [tiny-mixed]\nmethods:\n"
+                    "  - {name: magnitude, levels: [0.5], calib: [code]}\n"
+                    "  - {name: wanda, levels: [0.5]}\n"
+                    "calib: [code, prose, mixed]\ncontrol: false\nceiling: false\n"
+                    "device: cuda\n")
+    cfg = load_sweep_config(path)
+    grid = cells(cfg)
+    # a data-free method runs once per level and seed; the others once per calibration domain
+    assert [(c.method, c.calib) for c in grid] == [
+        ("magnitude", "code"), ("wanda", "code"), ("wanda", "prose"), ("wanda", "mixed")]
+    assert cfg.control is False and cfg.ceiling is False and cfg.device == "cuda"
+    assert dict(grid[0].diff)["control"] is False
+    # defaults stay out of the id: an explicit "control: true" is the same cell
+    base = "models: [tiny-mixed]\nmethods: [{name: wanda, levels: [0.5]}]\n"
+    path.write_text(base)
+    plain = cells(load_sweep_config(path))[0].id
+    path.write_text(base + "control: true\nceiling: true\ndevice: cpu\n")
+    assert cells(load_sweep_config(path))[0].id == plain
+    path.write_text(base.replace("[0.5]}", "[0.5], calib: [code, code]}"))
+    with pytest.raises(LensbiasError, match=r"methods\[0\] \(wanda\).calib: has duplicates"):
+        load_sweep_config(path)
+    path.write_text(base.replace("[0.5]}", "[0.5], calib: code}"))
+    with pytest.raises(LensbiasError, match=r"methods\[0\] \(wanda\).calib: must be a list"):
+        load_sweep_config(path)
 
 
 # --- running ----------------------------------------------------------------------------
@@ -188,6 +217,61 @@ def test_pool_gives_the_same_rows(first, setup):
     key = lambda r: (r["cell_id"], r["concept"], r["hook"])  # noqa: E731
     assert sorted(strip(read_results(out, cfg)), key=key) == sorted(strip(first[1]), key=key)
     assert strip(read_results(out, cfg)) == strip(first[1])  # grid order either way
+
+
+def test_ray_executor_gives_the_same_rows(first, setup, tmp_path):
+    """A local Ray head on loopback, the CLI pointed at it: the table equals the local run's."""
+    pytest.importorskip("ray")
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    from lensbias.cli import main
+
+    _, raw, cfg = setup
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    temp = tempfile.mkdtemp(prefix="ray")  # short: Ray's socket paths have a length limit
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                    "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
+                    f"--temp-dir={temp}"], check=True, env=env, capture_output=True, timeout=120)
+    try:
+        path = tmp_path / "s.yaml"
+        path.write_text(json.dumps(raw))
+        out = tmp_path / "ray-out"
+        code = main([
+            "sweep", str(path), "--out", str(out), "--executor", "ray", "--address",
+            f"127.0.0.1:{port}", "--cpus-per-cell", "1", "-q"])
+        assert code == 0
+        assert strip(read_results(out, cfg)) == strip(first[1])
+        for c in cells(cfg):  # each task's summary and report came back; its caches did not
+            assert (out / "cells" / c.id / "summary.json").exists()
+            assert (out / "cells" / c.id / "report.html").exists()
+            assert not (out / "cells" / c.id / "cache").exists()
+        # a rerun finds every cell done and starts no task
+        assert main(["sweep", str(path), "--out", str(out), "--executor", "ray",
+                     "--address", f"127.0.0.1:{port}", "-q"]) == 0
+        assert strip(read_results(out, cfg)) == strip(first[1])
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_ray_errors_are_one_line(setup, tmp_path, capsys):
+    pytest.importorskip("ray")
+    from lensbias.cli import main
+
+    _, raw, _ = setup
+    path = tmp_path / "s.yaml"
+    path.write_text(json.dumps(raw))
+    assert main(["sweep", str(path), "--out", str(tmp_path / "o"), "--address", "x:1"]) == 2
+    assert "--address and --gpus-per-cell need --executor ray" in capsys.readouterr().err
 
 
 def test_cli_writes_analysis(first, setup, tmp_path, capsys):

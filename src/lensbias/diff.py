@@ -57,6 +57,13 @@ class DiffConfig:
     """Seeds probes, SAE, geometry sampling and bootstrap."""
     n_bootstrap: int = 200
     """Bootstrap resamples for confidence intervals."""
+    probe_control: bool = True
+    """Control-task probes for selectivity (``ProbeConfig.control``)."""
+    probe_ceiling: bool = True
+    """Half-split probes for the direction-cosine ceiling (``ProbeConfig.ceiling``)."""
+    device: str = "cpu"
+    """Torch device for the models (compression, caching, behaviour); probes, geometry and
+    bootstraps run on the CPU from the cached activations."""
 
 
 def prepare_out(out: Path, force: bool) -> None:
@@ -87,7 +94,7 @@ def run_diff(model_a: str, model_b: str | None, recipe: Recipe | None, config: D
         timings[name] = round(now - clock, 2)
         clock = now
 
-    a = resolve_model(model_a)
+    a = resolve_model(model_a, config.device)
     data = merged_dataset(list(config.datasets), config.max_examples, config.max_chars)
     prepare_out(out, force)
     compressed = None
@@ -96,12 +103,12 @@ def run_diff(model_a: str, model_b: str | None, recipe: Recipe | None, config: D
         compressed = compress_on_the_fly(a, recipe, out / "model-b")
         b = compressed.lm
     else:
-        b = resolve_model(model_b)
+        b = resolve_model(model_b, config.device)
     check_same_tokenizer(a, b, data.examples[0].text)
     tick("load+compress")
 
     stage("cache")
-    cache_cfg = CacheConfig(hooks=config.hooks, dtype="float16")
+    cache_cfg = CacheConfig(hooks=config.hooks, dtype="float16", device=config.device)
     path_a, path_b = cache_pair(a, b, data, out / "cache", cache_cfg, progress=progress)
     tick("cache")
 
@@ -170,7 +177,8 @@ def _cached(out: Path, name: str, key: str, compute: Callable[[], dict[str, Any]
 def _probes(store_a: Any, store_b: Any, config: DiffConfig) -> dict[str, Any]:
     from lensbias.probes.pair import ProbeConfig, ProbePair
 
-    cfg = ProbeConfig(concepts=config.concepts, seed=config.seed, n_bootstrap=config.n_bootstrap)
+    cfg = ProbeConfig(concepts=config.concepts, seed=config.seed, n_bootstrap=config.n_bootstrap,
+                      control=config.probe_control, ceiling=config.probe_ceiling)
     return ProbePair(cfg).fit(store_a, store_b).to_dict()
 
 

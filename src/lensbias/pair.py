@@ -50,10 +50,10 @@ def parse_compress_spec(spec: str, calib: CalibConfig) -> Recipe:
     return Recipe(method, {key: value}, calib=calib)
 
 
-def resolve_model(spec: str) -> LoadedModel:
+def resolve_model(spec: str, device: str = "cpu") -> LoadedModel:
     """load_model with a close-name suggestion on failure."""
     try:
-        return load_model(spec)
+        return load_model(spec, device=device)
     except LensbiasError as err:
         if "unknown model" not in str(err):
             raise
@@ -123,7 +123,7 @@ def compress_on_the_fly(a: LoadedModel, recipe: Recipe, folder: Path) -> Compres
         saved = read_recipe(folder)
         if (saved.get("recipe") == recipe.to_dict()
                 and saved.get("original_weights_sha256") == a.weights_hash()):
-            lm = load_model(folder)
+            lm = load_model(folder, device=str(next(a.model.parameters()).device))
             return Compressed(dataclasses.replace(lm, name=f"{a.name}+{recipe.method}"), recipe,
                               {k: v for k, v in saved.items() if k not in ("recipe", "measured")})
     result = compress(a, recipe)

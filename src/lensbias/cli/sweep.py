@@ -13,10 +13,19 @@ import click
               show_default=True, help="Folder for results.jsonl, analysis.json and cells/.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Cells run at once in a process pool (torch threads = cores // N each).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True, help="local: this machine (--jobs); ray: one Ray task per cell.")
+@click.option("--address", default=None,
+              help="Ray cluster address (host:port, or 'auto'); default: a local Ray instance.")
+@click.option("--cpus-per-cell", type=click.FloatRange(min=0, min_open=True), default=1,
+              show_default=True, help="CPUs each Ray task declares (its torch threads).")
+@click.option("--gpus-per-cell", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="GPUs each Ray task declares (set device: cuda in the config to use them).")
 @click.option("--quick", is_flag=True,
               help="Only the first model, seed and level of each method (for CI).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table.")
-def sweep(config: Path, out: Path, jobs: int, quick: bool, quiet: bool) -> None:
+def sweep(config: Path, out: Path, jobs: int, executor: str, address: str | None,
+          cpus_per_cell: float, gpus_per_cell: float, quick: bool, quiet: bool) -> None:
     """Run the grid in CONFIG (YAML): compress + diff per cell, into one results table.
 
     Each cell (model × method × level × calibration domain × seed) adds its rows
@@ -30,6 +39,7 @@ def sweep(config: Path, out: Path, jobs: int, quick: bool, quiet: bool) -> None:
       lensbias sweep sweeps/quick.yaml --out quick-results
       lensbias sweep sweeps/study.yaml --jobs 4
       lensbias sweep sweeps/study.yaml --quick -q
+      lensbias sweep sweeps/study.yaml --executor ray --address head:6379
     """
     import json
     import os
@@ -43,7 +53,10 @@ def sweep(config: Path, out: Path, jobs: int, quick: bool, quiet: bool) -> None:
         cfg = cfg.quick()
     if not quiet:
         click.echo(f"sweep: {len(cells(cfg))} cells -> {out}", err=True)
-    run_sweep(cfg, out, jobs=jobs, progress=not quiet)
+    if executor == "local" and (address is not None or gpus_per_cell):
+        raise click.UsageError("--address and --gpus-per-cell need --executor ray")
+    run_sweep(cfg, out, jobs=jobs, progress=not quiet, executor=executor, address=address,
+              cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell)
     rows = read_results(out, cfg)
     result = analyse(rows)
     target = out / "analysis.json"

@@ -24,10 +24,23 @@ def held_out_texts(domain: str) -> list[str]:
     return texts if domain == "code" else ["\n".join(texts[i:i + 20]) for i in range(0, len(texts), 20)]
 
 
+_BPB_MEMO: dict[str, dict[str, float | None]] = {}
+"""Bits per byte by weights sha256, so a sweep measures its original model once per process."""
+
+
 def model_bits_per_byte(lm: LoadedModel) -> dict[str, float | None]:
     """Bits per byte on held-out code and prose (None for encoders: no LM head)."""
     if lm.is_encoder:
         return {d: None for d in HELD_OUT}
+    key = lm.weights_hash()
+    if key not in _BPB_MEMO:
+        if len(_BPB_MEMO) >= 16:
+            _BPB_MEMO.pop(next(iter(_BPB_MEMO)))
+        _BPB_MEMO[key] = _measure_bpb(lm)
+    return dict(_BPB_MEMO[key])
+
+
+def _measure_bpb(lm: LoadedModel) -> dict[str, float | None]:
     head = [i for i, s in zip(*_enc(lm, "x")) if s]
 
     def encode(text: str) -> list[int]:

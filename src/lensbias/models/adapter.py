@@ -8,11 +8,14 @@ Weights are never processed (no fold_ln, no centring): a pair of models stays co
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
+
+from lensbias.errors import LensbiasError
 
 _DEPRECATION = r"Hooked(Transformer|Encoder)(\.from_pretrained)? is deprecated"
 
@@ -91,6 +94,12 @@ def to_device(model: Any, device: str) -> Any:
     return model.to(device)
 
 
+def _on_model(model: Any, t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t`` on the model's device (callers build token batches on the CPU)."""
+    first = next(model.parameters(), None)
+    return t if t is None or first is None or t.device == first.device else t.to(first.device)
+
+
 def is_encoder(model: Any) -> bool:
     """True for a bidirectional encoder (HookedEncoder), False for a causal LM."""
     from transformer_lens import HookedEncoder
@@ -113,14 +122,37 @@ def default_hooks(model: Any) -> list[str]:
     return [f"blocks.{layer}.{hook}" for layer in range(model.cfg.n_layers)]
 
 
+_RELATIVE = re.compile(r"^blocks\.(-\d+)\.(.+)$")
+
+
+def resolve_hook(model: Any, hook: str) -> str:
+    """The model's own name for ``hook``: a negative block index counts from the last block
+    (``blocks.-1.hook_resid_post`` is the last block's output), so models of different
+    depth (a distilled or layer-dropped student and its teacher) can be compared by one
+    name. Other names are returned unchanged; an index past the first block is an error."""
+    found = _RELATIVE.match(hook)
+    if not found:
+        return hook
+    layer = model.cfg.n_layers + int(found.group(1))
+    if layer < 0:
+        raise LensbiasError(f"hook {hook!r} counts {-int(found.group(1))} blocks back, but "
+                            f"the model has {model.cfg.n_layers}")
+    return f"blocks.{layer}.{found.group(2)}"
+
+
 def run_hooks(model: Any, tokens: torch.Tensor, hooks: Sequence[str],
               attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """One forward pass that keeps only ``hooks`` and stops after the last block needed.
 
-    Returns ``{hook: [batch, pos, d]}``. Uses forward hooks (no full cache is built).
+    Returns ``{hook: [batch, pos, d]}`` keyed by the names asked for (relative block indices
+    included, see ``resolve_hook``). Uses forward hooks (no full cache is built).
     """
     got: dict[str, torch.Tensor] = {}
-    fwd = _recorders(hooks, got)
+    tokens, attention_mask = _on_model(model, tokens), _on_model(model, attention_mask)
+    real = {h: resolve_hook(model, h) for h in hooks}
+    fwd = _recorders(list(dict.fromkeys(real.values())), got)
+    hooks_asked = hooks
+    hooks = list(dict.fromkeys(real.values()))
     with torch.inference_mode():
         if is_encoder(model):
             with model.hooks(fwd_hooks=fwd):
@@ -130,7 +162,7 @@ def run_hooks(model: Any, tokens: torch.Tensor, hooks: Sequence[str],
             with model.hooks(fwd_hooks=fwd):
                 model(tokens, return_type=None, stop_at_layer=stop,
                       attention_mask=attention_mask)
-    return {h: got[h] for h in hooks}
+    return {h: got[real[h]] for h in hooks_asked}
 
 
 def _recorders(hooks: Sequence[str], got: dict[str, torch.Tensor]
@@ -154,7 +186,7 @@ def run_block(model: Any, layer: int, resid: torch.Tensor, hooks: Sequence[str] 
     """Run one block on its input residual stream; returns its output and the named hooks."""
     got: dict[str, torch.Tensor] = {}
     with torch.inference_mode(), model.hooks(fwd_hooks=_recorders(hooks, got)):
-        out = model.blocks[layer](resid)
+        out = model.blocks[layer](_on_model(model, resid))
     return out, got
 
 
@@ -178,7 +210,7 @@ def _stop_layer(model: Any, hooks: Sequence[str]) -> int | None:
 def logits(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     """Next-token logits ``[batch, pos, d_vocab]`` of a causal model."""
     with torch.inference_mode():
-        return model(tokens, return_type="logits")
+        return model(_on_model(model, tokens), return_type="logits")
 
 
 def official_name(name: str) -> str | None:
@@ -213,4 +245,4 @@ def config_dict(model: Any) -> dict[str, Any]:
 
 def train_logits(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     """Next-token logits ``[batch, pos, d_vocab]`` of a causal model, autograd on (training)."""
-    return model(tokens, return_type="logits")
+    return model(_on_model(model, tokens), return_type="logits")

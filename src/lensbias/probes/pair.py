@@ -71,6 +71,9 @@ class ProbeConfig:
     """Coverage of the percentile intervals."""
     control: bool = True
     """Fit control-task probes on A and B for selectivity."""
+    ceiling: bool = True
+    """Fit probes on two halves of the training examples for the cosine ceiling (four more
+    fits per concept × hook; off: the ceiling and halves cosines are NaN)."""
     seed: int = 0
     """Seeds the split, the caps, the halves, the control labels and the bootstrap."""
     align: str = "auto"
@@ -231,7 +234,7 @@ def _cosines(acts_a: np.ndarray, acts_b: np.ndarray, labels: np.ndarray, tr: np.
     out = {"cos_probe": _cosine(_directions(probe_a), in_a(_directions(probe_b))),
            "cos_dom": _cosine(_dom(acts_a[tr], labels[tr]), in_a(_dom(acts_b[tr], labels[tr])))}
     halves = _halves(tr, groups, cfg.seed)
-    if min(len(np.unique(labels[h])) for h in halves) < 2:
+    if not cfg.ceiling or min(len(np.unique(labels[h])) for h in halves) < 2:
         nan = float("nan")
         return {**out, "ceiling_probe": nan, "ceiling_dom": nan, "cos_probe_halves": nan,
                 "cos_dom_halves": nan}

@@ -74,7 +74,7 @@ def cache_activations(lm: LoadedModel, dataset: ConceptDataset, out: str | os.Pa
 def _check_hooks(lm: LoadedModel, hooks: tuple[str, ...]) -> None:
     known = set(adapter.hook_names(lm.model))
     for hook in hooks:
-        if hook not in known:
+        if adapter.resolve_hook(lm.model, hook) not in known:
             near = sorted(h for h in known if h.endswith(hook.split(".")[-1]))[:3]
             raise LensbiasError(f"model {lm.name} has no hook {hook!r}"
                                 + (f" (e.g. {', '.join(near)})" if near else ""))

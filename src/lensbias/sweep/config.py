@@ -23,8 +23,9 @@ MORE_IS_LESS = frozenset({"bits", "rank_ratio", "n_layers"})
 """Level parameters where a *lower* level compresses harder (phase curves read them backwards)."""
 
 TOP_KEYS = ("models", "methods", "calib", "seeds", "datasets", "max_chars", "max_examples",
-            "sae", "concepts", "hooks", "n_bootstrap", "calib_n_seqs", "calib_seq_len")
-METHOD_KEYS = ("name", "levels", "param")
+            "sae", "concepts", "hooks", "n_bootstrap", "calib_n_seqs", "calib_seq_len",
+            "control", "ceiling", "device")
+METHOD_KEYS = ("name", "levels", "param", "calib")
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,16 @@ class MethodSpec:
     """The recipe parameter each level sets (e.g. ``sparsity``, ``bits``)."""
     params: tuple[tuple[str, Any], ...] = ()
     """Extra recipe parameters, the same for every level (sorted key/value pairs)."""
+    calib: tuple[str, ...] | None = None
+    """This method's calibration domains (None: the sweep's). One is enough for a
+    data-free method such as magnitude, whose result does not depend on it."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "levels": list(self.levels), "param": self.param,
-                **dict(self.params)}
+        d = {"name": self.name, "levels": list(self.levels), "param": self.param,
+             **dict(self.params)}
+        if self.calib is not None:
+            d["calib"] = list(self.calib)
+        return d
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,12 @@ class SweepConfig:
     """Calibration sequences (None: CalibConfig's default)."""
     calib_seq_len: int | None = None
     """Tokens per calibration sequence (None: CalibConfig's default)."""
+    control: bool = True
+    """Control-task probes (selectivity) in each cell's diff."""
+    ceiling: bool = True
+    """Half-split probes (direction-cosine ceiling) in each cell's diff."""
+    device: str = "cpu"
+    """Torch device for each cell's models (``cuda`` on GPU workers); not part of cell ids."""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -72,10 +85,18 @@ class SweepConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     def quick(self) -> SweepConfig:
-        """The first model, the first seed and each method's first level (for CI)."""
+        """The CI version: the first model, the first seed, each method's first level, on a
+        small slice (at most 3,000 characters per dataset, 16 calibration sequences and 50
+        bootstrap resamples)."""
         return dataclasses.replace(
             self, models=self.models[:1], seeds=self.seeds[:1],
-            methods=tuple(dataclasses.replace(m, levels=m.levels[:1]) for m in self.methods))
+            methods=tuple(dataclasses.replace(m, levels=m.levels[:1]) for m in self.methods),
+            max_chars=min(self.max_chars or QUICK_CHARS, QUICK_CHARS),
+            n_bootstrap=min(self.n_bootstrap, QUICK_BOOTSTRAP),
+            calib_n_seqs=min(self.calib_n_seqs or QUICK_CALIB_SEQS, QUICK_CALIB_SEQS))
+
+
+QUICK_CHARS, QUICK_BOOTSTRAP, QUICK_CALIB_SEQS = 3000, 50, 16
 
 
 @dataclass(frozen=True)
@@ -117,11 +138,14 @@ def cells(config: SweepConfig) -> list[Cell]:
             ("hooks", list(config.hooks) if config.hooks is not None else None),
             ("max_chars", config.max_chars), ("max_examples", config.max_examples),
             ("n_bootstrap", config.n_bootstrap), ("sae", config.sae))
+    # only when not the default, so cells keep the ids they had before these options existed
+    diff += tuple((k, v) for k, v in (("control", config.control),
+                                      ("ceiling", config.ceiling)) if not v)
     out: list[Cell] = []
     for model in config.models:
         for m in config.methods:
             for level in m.levels:
-                for calib in config.calib:
+                for calib in m.calib or config.calib:
                     for seed in config.seeds:
                         out.append(Cell(len(out), model, m.name, m.param, level, calib, seed,
                                         m.params, diff))
@@ -201,6 +225,10 @@ def sweep_config_from_dict(raw: Any, source: str = "sweep config") -> SweepConfi
             raise fail(f"{where}.param", f"{name} does not take {param!r}; it takes "
                                          f"{', '.join(accepted) or 'no options'}")
         extra = {k: v for k, v in m.items() if k not in METHOD_KEYS}
+        m_calib = _str_list(m, "calib", lambda k, w, at=where: fail(f"{at}.{k}", w),
+                            default=None)
+        if m_calib is not None and len(set(m_calib)) != len(m_calib):
+            raise fail(f"{where}.calib", "has duplicates")
         bad = sorted(k for k in extra if k not in accepted)
         if bad:
             raise fail(f"{where}.{bad[0]}", f"unknown field; a method takes name, levels, "
@@ -236,7 +264,8 @@ def sweep_config_from_dict(raw: Any, source: str = "sweep config") -> SweepConfi
             except (TypeError, ValueError) as err:
                 raise fail(where, f"bad options ({err})") from None
         methods.append(MethodSpec(name, tuple(norm), param,
-                                  tuple(sorted((k, _freeze(v)) for k, v in extra.items()))))
+                                  tuple(sorted((k, _freeze(v)) for k, v in extra.items())),
+                                  tuple(m_calib) if m_calib is not None else None))
     names = [(m.name, m.param, m.params) for m in methods]
     if len(set(names)) != len(names):
         raise fail("methods", "lists the same method (with the same options) twice; merge "
@@ -247,16 +276,22 @@ def sweep_config_from_dict(raw: Any, source: str = "sweep config") -> SweepConfi
     n_bootstrap = _opt_int(raw, "n_bootstrap", fail, 200, minimum=1, allow_none=False)
     n_seqs = _opt_int(raw, "calib_n_seqs", fail, None, minimum=1)
     seq_len = _opt_int(raw, "calib_seq_len", fail, None, minimum=2)
-    sae = raw.get("sae", False)
-    if not isinstance(sae, bool):
-        raise fail("sae", f"must be true or false, got {sae!r}")
+    flags = {}
+    for key, default in (("sae", False), ("control", True), ("ceiling", True)):
+        flags[key] = raw.get(key, default)
+        if not isinstance(flags[key], bool):
+            raise fail(key, f"must be true or false, got {flags[key]!r}")
     for key, values in (("models", models), ("calib", calib), ("seeds", seeds),
                         ("datasets", datasets)):
         if len(set(values)) != len(values):
             raise fail(key, "has duplicates")
+    device = raw.get("device", "cpu")
+    if not isinstance(device, str) or not device:
+        raise fail("device", f"must be a torch device name such as cpu or cuda, got {device!r}")
     return SweepConfig(models=tuple(models), methods=tuple(methods), calib=tuple(calib),
+                       device=device,
                        seeds=tuple(int(s) for s in seeds), datasets=tuple(datasets),
-                       max_chars=max_chars, max_examples=max_examples, sae=sae,
+                       max_chars=max_chars, max_examples=max_examples, **flags,
                        concepts=tuple(concepts) if concepts is not None else None,
                        hooks=tuple(hooks) if hooks is not None else None,
                        n_bootstrap=n_bootstrap, calib_n_seqs=n_seqs, calib_seq_len=seq_len)

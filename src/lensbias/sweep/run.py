@@ -27,6 +27,10 @@ from lensbias.compress import CalibConfig, Recipe
 from lensbias.diff import DiffConfig, run_diff
 from lensbias.errors import LensbiasError
 from lensbias.sweep.config import Cell, SweepConfig, cells
+from lensbias.sweep.execute import cpu_cores, run_pool, run_ray
+
+__all__ = ["cpu_cores", "read_results", "run_cell", "run_sweep"]
+EXECUTORS = ("local", "ray")
 
 RESULTS = "results.jsonl"
 DONE = "done"
@@ -35,24 +39,22 @@ TIMING_FIELDS = frozenset({"cell_seconds"})
 GEOMETRY_METRICS = ("anisotropy", "isoscore", "effective_rank")
 
 
-def cpu_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], jobs: int = 1,
-              progress: bool = True) -> Path:
+              progress: bool = True, executor: str = "local", address: str | None = None,
+              cpus_per_cell: float = 1, gpus_per_cell: float = 0) -> Path:
     """Run the grid's unfinished cells into ``out_dir``; returns ``out_dir/results.jsonl``.
 
-    ``jobs`` > 1 runs cells in a process pool (spawned workers, each with
-    ``max(1, cores // jobs)`` torch threads); results are the same as with ``jobs=1``.
-    The first failing cell stops the sweep (cells already running are still finished and
-    kept) and its exception is raised; a rerun resumes.
+    ``executor="local"``: ``jobs`` = 1 runs cells one after another in this process; more
+    runs them in a process pool (spawned workers, each with ``max(1, cores // jobs)`` torch
+    threads). ``executor="ray"``: each cell is a Ray task needing ``cpus_per_cell`` CPUs and
+    ``gpus_per_cell`` GPUs, on the cluster at ``address`` (None: a local Ray instance).
+    Every executor gives the same rows. The first failing cell stops the sweep (cells
+    already finished are kept) and its exception is raised; a rerun resumes.
     """
     if not isinstance(jobs, int) or jobs < 1:
         raise LensbiasError(f"jobs must be a whole number >= 1, got {jobs!r}")
+    if executor not in EXECUTORS:
+        raise LensbiasError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise LensbiasError(f"{out} exists and is not a folder")
@@ -71,55 +73,24 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], jobs: int = 
 
         bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc="sweep", unit="cell",
                    disable=not progress, dynamic_ncols=True)
+        def on_done(cell: Cell, rows: list[dict[str, Any]]) -> None:
+            _record(out, cell, rows)
+            bar.set_postfix_str(_label(cell), refresh=False)
+            bar.update(1)
+
         try:
-            if jobs == 1 or len(todo) <= 1:
+            if executor == "ray":
+                if todo:
+                    run_ray(todo, config, out, on_done, address, cpus_per_cell, gpus_per_cell)
+            elif jobs == 1 or len(todo) <= 1:
                 for cell in todo:
                     bar.set_postfix_str(_label(cell), refresh=True)
-                    _record(out, cell, run_cell(cell, config, out))
-                    bar.update(1)
+                    on_done(cell, run_cell(cell, config, out))
             else:
-                _run_pool(todo, config, out, min(jobs, len(todo)), bar)
+                run_pool(todo, config, out, min(jobs, len(todo)), on_done)
         finally:
             bar.close()
     return results
-
-
-def _run_pool(todo: list[Cell], config: SweepConfig, out: Path, jobs: int, bar: Any) -> None:
-    import multiprocessing
-    from concurrent.futures import CancelledError, ProcessPoolExecutor, as_completed
-
-    threads = max(1, cpu_cores() // jobs)
-    ctx = multiprocessing.get_context("spawn")
-    error: BaseException | None = None
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
-                             initargs=(threads,)) as pool:
-        futures = {pool.submit(run_cell, cell, config, out): cell for cell in todo}
-        try:
-            for future in as_completed(futures):
-                try:
-                    rows = future.result()
-                except CancelledError:
-                    continue
-                except BaseException as err:  # noqa: BLE001 (re-raised below)
-                    if error is None:
-                        error = err
-                        for f in futures:
-                            f.cancel()
-                    continue
-                _record(out, futures[future], rows)
-                bar.update(1)
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
-    if error is not None:
-        raise error
-
-
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
 
 
 def _label(cell: Cell) -> str:
@@ -139,7 +110,8 @@ def run_cell(cell: Cell, config: SweepConfig, out_dir: str | os.PathLike[str]
     diff_config = DiffConfig(datasets=config.datasets, max_examples=config.max_examples,
                              max_chars=config.max_chars, concepts=config.concepts,
                              hooks=config.hooks, sae=config.sae, seed=cell.seed,
-                             n_bootstrap=config.n_bootstrap)
+                             n_bootstrap=config.n_bootstrap, probe_control=config.control,
+                             probe_ceiling=config.ceiling, device=config.device)
     folder = Path(out_dir) / "cells" / cell.id
     result = run_diff(cell.model, None, recipe, diff_config, folder, force=True)
     return cell_rows(cell, result.to_dict(), round(time.perf_counter() - start, 2))
