@@ -62,3 +62,43 @@ def test_report_renders_and_filters_in_chromium(report, tmp_path):
         browser.close()
     assert (tmp_path / "report.png").stat().st_size > 10_000
     assert errors == []
+
+
+def test_sweep_report_renders_sorts_and_filters_in_chromium(tmp_path):
+    from test_sweep import hostile_rows
+
+    from lensbias.report.sweep import render_sweep_html
+    from lensbias.sweep import analyse
+
+    rows = hostile_rows()
+    path = tmp_path / "sweep-report.html"
+    path.write_text(render_sweep_html(rows, analyse(rows, n_boot=50)), encoding="utf-8")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("dialog", lambda d: errors.append(f"dialog opened: {d.message}"))
+        page.goto(path.as_uri())
+        assert "interaction" in page.locator("#headline").inner_text()
+        assert page.locator("#interaction-table tbody tr").count() == 1
+        assert page.locator("#interaction svg rect").count() == 1
+        assert page.locator("#curves svg").count() >= 1
+        assert page.locator("#scatter svg circle").count() == 4  # one point per cell
+        assert page.locator("#model-table tbody tr").count() == 2
+        # hostile model names arrive as text, not markup
+        assert "<script>alert(1)</script>" in page.locator("#model-table tbody tr").first.inner_text()
+        cells = page.locator("#cell-table tbody tr")
+        assert cells.count() == 4
+        page.fill("#cell-filter", "prose-1")
+        visible = [r for r in cells.all() if r.is_visible()]
+        assert len(visible) == 1 and "prose-1" in visible[0].inner_text()
+        page.fill("#cell-filter", "")
+        page.click("#cell-table th[data-col='3']")  # calib
+        calibs = [r.locator("td").nth(3).inner_text() for r in cells.all()]
+        assert calibs == sorted(calibs)
+        page.screenshot(path=str(tmp_path / "sweep.png"), full_page=True)
+        browser.close()
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000
+    assert errors == []

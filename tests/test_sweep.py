@@ -291,6 +291,80 @@ def test_cli_writes_analysis(first, setup, tmp_path, capsys):
         sweep.main([str(path), "--out", str(out), "-q"], standalone_mode=False)
 
 
+# --- sweep report -----------------------------------------------------------------------
+
+EVIL = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
+
+
+def hostile_rows():
+    """hand_rows with hostile text in every free-text field a results row carries."""
+    rows = []
+    for r in hand_rows():
+        rows.append({**r, "model": EVIL, "concept": r["concept"] + EVIL, "cell_id": EVIL + r["cell_id"],
+                     "acc_a": 0.8, "majority": 0.3, "bpb_a_code": 2.0, "bpb_a_prose": 2.5})
+    return rows
+
+
+def test_sweep_report_escapes_every_field():
+    from lensbias.report.sweep import render_sweep_html
+
+    rows = hostile_rows()
+    html = render_sweep_html(rows, analyse(rows, n_boot=50), title=EVIL)
+    assert "<script>alert" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert html.count("<script>") == 1  # the report's own script only
+    for section in ("headline", "interaction", "curves", "scatter", "models", "cells"):
+        assert f"id='{section}'" in html
+    assert "0.700" in html  # the hand-computed interaction
+
+
+def test_sweep_report_cli(first, tmp_path, capsys):
+    from lensbias.cli import main
+
+    out, rows = first
+    assert main(["sweep-report", str(out)]) == 0
+    html = (out / "sweep-report.html").read_text()
+    cell_ids = {r["cell_id"] for r in rows}
+    assert all(f"cells/{cid}/report.html" in html for cid in cell_ids)
+    assert main(["sweep-report", str(out / "results.jsonl"), "--out",
+                 str(tmp_path / "r.html")]) == 0
+    assert (tmp_path / "r.html").read_text() == html
+    capsys.readouterr()
+    for args, message in ((["sweep-report", str(tmp_path)], "is not a sweep folder"),
+                          (["sweep-report", str(out), "--out", str(tmp_path / "no" / "r.html")],
+                           "does not exist")):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "results.jsonl").write_text("")
+    assert main(["sweep-report", str(empty)]) == 2
+    assert "no finished cells" in capsys.readouterr().err
+    assert not list(tmp_path.glob("**/.*.tmp"))
+
+
+def test_model_view_separates_models():
+    rows = []
+    for model, gain_code, gain_prose in (("code-model", 0.5, 0.1), ("prose-model", 0.1, 0.4)):
+        for seed in (0, 1):
+            for dom, gain, concepts in (("code", gain_code, ("c1", "c2")),
+                                        ("prose", gain_prose, ("p1", "p2"))):
+                for c in concepts:
+                    rows.append({"cell_id": f"{model}-{seed}", "model": model, "seed": seed,
+                                 "concept": c, "concept_domain": dom, "hook": "h",
+                                 "acc_a": 0.3 + gain, "majority": 0.3, "survival": 0.9,
+                                 "bpb_a_code": 2.0 if model == "code-model" else 2.6,
+                                 "bpb_a_prose": 2.5, "method": "m", "level": 0.5})
+    view = {(r["model"], r["domain"]): r for r in analyse(rows, n_boot=50)["model_view"]["rows"]}
+    assert view["code-model", "code"]["gain"] == pytest.approx(0.5)
+    assert view["prose-model", "prose"]["gain"] == pytest.approx(0.4)
+    assert view["code-model", "code"]["bpb_a"] == pytest.approx(2.0)
+    assert view["prose-model", "code"]["bpb_a"] == pytest.approx(2.6)
+    assert view["code-model", "code"]["gain_ci"] == pytest.approx([0.5, 0.5])
+    assert view["code-model", "code"]["n_concepts"] == 2 and view["code-model", "code"]["n_seeds"] == 2
+
+
 # --- analysis ---------------------------------------------------------------------------
 
 def hand_rows():

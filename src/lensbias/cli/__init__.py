@@ -15,7 +15,7 @@ from lensbias.cli.compress import compress
 from lensbias.cli.diff import diff, report
 from lensbias.cli.listing import datasets, models
 from lensbias.cli.summary import summary
-from lensbias.cli.sweep import sweep
+from lensbias.cli.sweep import sweep, sweep_report
 from lensbias.errors import LensbiasError
 
 
@@ -33,6 +33,7 @@ cli.add_command(models)
 cli.add_command(datasets)
 cli.add_command(summary)
 cli.add_command(sweep)
+cli.add_command(sweep_report)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,3 +75,41 @@ def sweep(config: Path, out: Path, jobs: int, executor: str, address: str | None
             click.echo(f"Spearman(d anisotropy, survival loss) across "
                        f"{result['anisotropy_vs_loss']['n_cells']} cells: {rho:+.2f}")
         click.echo(f"results: {out / 'results.jsonl'}  analysis: {target}")
+
+
+@click.command("sweep-report")
+@click.argument("results", type=click.Path(path_type=Path))
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
+              help="HTML file to write [default: RESULTS/sweep-report.html].")
+@click.option("--title", default=None, help="Page title [default: the folder's name].")
+def sweep_report(results: Path, out: Path | None, title: str | None) -> None:
+    """Write a self-contained HTML report of a sweep folder (or its results.jsonl).
+
+    The analysis is recomputed from the finished cells' rows, so a report of a sweep still
+    running shows the cells finished so far. Cell rows link to each cell's diff report.
+    """
+    import os
+
+    from lensbias.errors import LensbiasError
+    from lensbias.report.sweep import render_sweep_html
+    from lensbias.sweep.analysis import analyse
+    from lensbias.sweep.run import RESULTS, read_results
+
+    folder = results.parent if results.name == RESULTS and results.is_file() else results
+    if not folder.is_dir() or not (folder / RESULTS).exists():
+        raise LensbiasError(f"{results} is not a sweep folder (no {RESULTS} in it)")
+    rows = read_results(folder)
+    if not rows:
+        raise LensbiasError(f"{folder} has no finished cells yet")
+    target = out or folder / "sweep-report.html"
+    if not target.parent.is_dir():
+        raise LensbiasError(f"output folder {target.parent} does not exist")
+    html = render_sweep_html(rows, analyse(rows), title or f"lensbias sweep: {folder.name}")
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        tmp.write_text(html, encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise LensbiasError(f"could not write {target}: {err.strerror or err}") from None
+    click.echo(f"sweep report: {target}")

@@ -35,6 +35,10 @@ JS = """
   if(f){f.addEventListener('input',function(){var q=f.value.toLowerCase();
     document.querySelectorAll('#concept-table tbody tr').forEach(function(r){
       r.style.display=r.textContent.toLowerCase().indexOf(q)>=0?'':'none';});});}
+  document.querySelectorAll('input[data-filter]').forEach(function(inp){
+    inp.addEventListener('input',function(){var q=inp.value.toLowerCase();
+      document.querySelectorAll('#'+inp.dataset.filter+' tbody tr').forEach(function(r){
+        r.style.display=r.textContent.toLowerCase().indexOf(q)>=0?'':'none';});});});
   function filterCards(){
     var v=(document.getElementById('verdict-filter')||{}).value||'';
     var d=(document.getElementById('domain-filter')||{}).value||'';

@@ -100,3 +100,47 @@ def bar_chart(title: str, bars: list[tuple[str, float | None, tuple[float, float
                      f'text-anchor="middle">{escape(label)}</text>')
     parts.append("</svg>")
     return f'<figure class="chart">{"".join(parts)}</figure>'
+
+
+def scatter_chart(title: str, groups: dict[str, list[tuple[float, float, str]]],
+                  x_label: str = "", y_label: str = "", width: int = 420,
+                  height: int = 300) -> str:
+    """Points coloured by group: ``{group: [(x, y, tooltip)]}``; non-finite points dropped."""
+    pts = {g: [(x, y, t) for x, y, t in ps if _finite([x, y]) == [x, y]]
+           for g, ps in groups.items()}
+    xs = [x for ps in pts.values() for x, _, _ in ps]
+    ys = [y for ps in pts.values() for _, y, _ in ps]
+    if not xs:
+        return f'<figure class="chart"><figcaption>{escape(title)}: no data</figcaption></figure>'
+    (x0, x1), (y0, y1) = _span(xs), _span(ys)
+    left, right, top, bottom = 50, width - 10, 24, height - 36
+    sx, sy = _scale(x0, x1, left, right), _scale(y0, y1, bottom, top)
+    parts = [f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+             f'role="img" aria-label="{escape(title)}">',
+             f'<text x="{left}" y="14" class="ctitle">{escape(title)}</text>',
+             f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" class="axis"/>',
+             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" class="axis"/>']
+    for tick in (y0, (y0 + y1) / 2, y1):
+        parts.append(f'<text x="{left - 4}" y="{sy(tick) + 4:.1f}" class="tick" '
+                     f'text-anchor="end">{tick:.3g}</text>')
+    for tick in (x0, (x0 + x1) / 2, x1):
+        parts.append(f'<text x="{sx(tick):.1f}" y="{bottom + 14}" class="tick" '
+                     f'text-anchor="middle">{tick:.3g}</text>')
+    parts.append(f'<text x="{right}" y="{height - 6}" class="tick" text-anchor="end">'
+                 f'{escape(x_label)}</text>')
+    parts.append(f'<text x="{left + 4}" y="{top + 10}" class="tick">{escape(y_label)}</text>')
+    for k, (_, ps) in enumerate(pts.items()):
+        color = PALETTE[k % len(PALETTE)]
+        for x, y, tip in ps:
+            parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3.5" fill="{color}" '
+                         f'opacity="0.75"><title>{escape(tip)}</title></circle>')
+    legend = "".join(f'<span class="key"><i style="background:{PALETTE[k % len(PALETTE)]}"></i>'
+                     f'{escape(name)}</span>' for k, name in enumerate(pts))
+    parts.append("</svg>")
+    return f'<figure class="chart">{"".join(parts)}<figcaption>{legend}</figcaption></figure>'
+
+
+def _span(values: list[float]) -> tuple[float, float]:
+    lo, hi = min(values), max(values)
+    pad = (hi - lo) * 0.05 or 0.5
+    return lo - pad, hi + pad

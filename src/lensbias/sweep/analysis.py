@@ -12,6 +12,10 @@
 - ``anisotropy_vs_loss``: Spearman rank correlation across cells between the change in
   anisotropy (B − A, mean over the probed layers, all tokens) and survival loss (1 − mean
   survival).
+- ``model_view``: the training-data view of the original models: per model and domain, its
+  bits per byte on held-out text (the compression rate it reached in training) beside its
+  probe accuracy above the majority baseline and the survival of its concepts, each with a
+  bootstrap interval over seeds and concepts.
 
 Rows are ``read_results`` rows; rows without a survival (A barely beats the baseline) are
 left out of every mean.
@@ -219,12 +223,76 @@ def anisotropy_vs_loss(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "n_cells": len(points), "by_method": by_method, "points": points}
 
 
+def model_view(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0,
+               confidence: float = 0.95) -> dict[str, Any]:
+    """Per original model and concept domain: bits/byte of A, probe gain and survival.
+
+    ``gain`` is A's probe accuracy minus the majority baseline, averaged over concepts and
+    hooks (each concept × hook counted once per seed: A does not depend on the compression);
+    ``survival`` is the mean over every row with one. Intervals: percentile bootstrap
+    resampling seeds and, within them, concepts. Returns ``{"rows": [{model, domain,
+    bpb_a, gain, gain_ci, acc_a, survival, survival_ci, n_concepts, n_seeds}]}``.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for model in sorted({str(r.get("model")) for r in rows}):
+        mine = [r for r in rows if str(r.get("model")) == model]
+        for dom in DOMAINS:
+            sub = [r for r in mine if r.get("concept_domain") == dom]
+            if not sub:
+                continue
+            bpb = [float(r[f"bpb_a_{dom}"]) for r in sub if _ok(r.get(f"bpb_a_{dom}"))]
+            a_rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+            for r in sub:
+                if _ok(r.get("acc_a")) and _ok(r.get("majority")):
+                    a_rows.setdefault((r.get("seed"), r["concept"], r["hook"]), r)
+            gain = _boot_mean([(k[0], k[1], float(r["acc_a"]) - float(r["majority"]))
+                               for k, r in a_rows.items()], n_boot, rng, confidence)
+            surv = _boot_mean([(r.get("seed"), r["concept"], float(r["survival"]))
+                               for r in _rows_with_survival(sub)], n_boot, rng, confidence)
+            out.append({"model": model, "domain": dom,
+                        "bpb_a": float(np.mean(bpb)) if bpb else None,
+                        "acc_a": float(np.mean([r["acc_a"] for r in a_rows.values()]))
+                        if a_rows else None,
+                        "gain": gain[0], "gain_ci": gain[1], "survival": surv[0],
+                        "survival_ci": surv[1],
+                        "n_concepts": len({k[1] for k in a_rows}),
+                        "n_seeds": len({k[0] for k in a_rows})})
+    return {"rows": out}
+
+
+def _boot_mean(items: list[tuple[Any, str, float]], n_boot: int, rng: np.random.Generator,
+               confidence: float) -> tuple[float | None, list[float] | None]:
+    """Mean of (seed, concept, value) items and a bootstrap CI over seeds, then concepts."""
+    if not items:
+        return None, None
+    seeds = sorted({i[0] for i in items}, key=str)
+    concepts = sorted({i[1] for i in items})
+    sx = np.array([seeds.index(i[0]) for i in items])
+    cx = np.array([concepts.index(i[1]) for i in items])
+    v = np.array([i[2] for i in items], float)
+    point = float(v.mean())
+    if n_boot <= 0 or len(items) < 2:
+        return point, None
+    ws = _draw_counts(rng, len(seeds), n_boot)
+    wc = _draw_counts(rng, len(concepts), n_boot)
+    w = ws[:, sx] * wc[:, cx]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        reps = (w @ v) / w.sum(axis=1)
+    reps = reps[np.isfinite(reps)]
+    if not len(reps):
+        return point, None
+    tail = (1 - confidence) / 2 * 100
+    return point, [float(np.percentile(reps, tail)), float(np.percentile(reps, 100 - tail))]
+
+
 def analyse(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Interaction, phase curves and anisotropy vs loss for one results table."""
+    """Interaction, phase curves, anisotropy vs loss and the model view for one table."""
     return {"n_rows": len(rows), "n_cells": len({r["cell_id"] for r in rows}),
             "interaction": interaction(rows, n_boot=n_boot, seed=seed),
             "phase_curves": phase_curves(rows),
-            "anisotropy_vs_loss": anisotropy_vs_loss(rows)}
+            "anisotropy_vs_loss": anisotropy_vs_loss(rows),
+            "model_view": model_view(rows, n_boot=n_boot, seed=seed)}
 
 
 def interaction_table(result: dict[str, Any]) -> str:

@@ -1,0 +1,188 @@
+"""Report, stage 3: the sweep report (``lensbias sweep-report``), from a results table alone.
+
+Same style, scripts and escaping as the diff report (every string from a results row —
+model, method, concept, calibration file name — goes through ``esc``). Sections: headline,
+interaction table with CIs, phase curves with collapse levels, anisotropy change vs
+survival loss, the training-data view of the original models, and every cell with a link
+to its own diff report.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+from lensbias.report.render import esc, fmt, fmt_ci
+from lensbias.report.static import CSS, JS
+from lensbias.report.svg import bar_chart, line_chart, scatter_chart
+
+
+def render_sweep_html(rows: list[dict[str, Any]], analysis: dict[str, Any],
+                      title: str = "lensbias sweep") -> str:
+    """The whole sweep report as one self-contained HTML string."""
+    models = sorted({str(r.get("model")) for r in rows})
+    body = "".join([
+        f"<header><h1>{esc(title)}</h1><p class='sub'>{analysis.get('n_cells', 0)} cells, "
+        f"{analysis.get('n_rows', 0)} rows (cell × concept × layer); models: "
+        f"{esc(', '.join(models) or '–')}</p></header>",
+        _headline(analysis),
+        _interaction(analysis.get("interaction") or {}),
+        _curves(analysis.get("phase_curves") or {}),
+        _scatter(analysis.get("anisotropy_vs_loss") or {}),
+        _models(analysis.get("model_view") or {}),
+        _cells(rows),
+    ])
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>{body}"
+            f"<script>{JS}</script></body></html>")
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _headline(analysis: dict[str, Any]) -> str:
+    rows = [r for r in (analysis.get("interaction") or {}).get("rows", [])
+            if r.get("interaction") is not None]
+    if not rows:
+        text = ("No interaction could be computed: it needs code and prose calibration and "
+                "concepts of both domains at some method and level.")
+    else:
+        pos = sum(1 for r in rows if r.get("ci") and r["ci"][0] > 0)
+        neg = sum(1 for r in rows if r.get("ci") and r["ci"][1] < 0)
+        text = (f"Calibration domain × concept domain interaction at {len(rows)} method × level "
+                f"settings: interval above 0 (the calibration domain protects its own concepts) "
+                f"at {pos}, below 0 at {neg}, including 0 at {len(rows) - pos - neg}.")
+    rho = (analysis.get("anisotropy_vs_loss") or {}).get("rho")
+    if _num(rho):
+        text += f" Spearman ρ between anisotropy change and survival loss across cells: {rho:+.2f}."
+    return f"<section id='headline'><h2>Headline</h2><p class='headline'>{esc(text)}</p></section>"
+
+
+def _interaction(inter: dict[str, Any]) -> str:
+    rows = inter.get("rows", [])
+    body = []
+    for r in rows:
+        m = r.get("means") or {}
+        body.append(
+            f"<tr><td>{esc(r.get('method'))}</td><td>{esc(r.get('param'))}</td>"
+            f"<td>{fmt(r.get('level'))}</td><td>{fmt(r.get('interaction'))}</td>"
+            f"<td class='ci'>{fmt_ci(r.get('ci'))}</td>"
+            + "".join(f"<td>{fmt(m.get(k))}</td>" for k in
+                      ("code|code", "code|prose", "prose|code", "prose|prose"))
+            + f"<td>{esc(r.get('n_seeds'))}</td></tr>")
+    head = "".join(f"<th data-col='{i}'>{h}</th>" for i, h in enumerate(
+        ["method", "param", "level", "interaction", "95% CI", "S(code | code calib)",
+         "S(code | prose calib)", "S(prose | code calib)", "S(prose | prose calib)", "seeds"]))
+    bars = [(f"{r.get('method')}:{r.get('level')}", r.get("interaction"), r.get("ci"))
+            for r in rows if r.get("interaction") is not None]
+    chart = bar_chart("Interaction (> 0: calibration protects its own domain)", bars,
+                      width=max(480, 96 * len(bars) + 60))
+    return (f"<section id='interaction'><h2>Calibration × concept domain</h2>"
+            f"<p>{esc(inter.get('definition', ''))}; S is mean survival. Interval: percentile "
+            f"bootstrap over seeds and concepts.</p>{chart}"
+            f"<table id='interaction-table' class='sortable'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table></section>")
+
+
+def _curves(curves: dict[str, Any]) -> str:
+    by_method: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for c in curves.get("curves", []):
+        by_method[(str(c.get("method")), str(c.get("param")))].append(c)
+    charts, collapse = [], []
+    for (method, param), group in by_method.items():
+        descending = bool(group[0].get("descending"))
+        levels = sorted({p["level"] for c in group for p in c.get("points", [])},
+                        reverse=descending)
+        series = {}
+        for c in group:
+            at = {p["level"]: p.get("survival") for p in c.get("points", [])}
+            series[f"{c.get('concept_domain')} | calib {c.get('calib')}"] = [
+                at.get(lv) for lv in levels]
+            collapse.append(
+                f"<tr><td>{esc(method)}</td><td>{esc(c.get('calib'))}</td>"
+                f"<td>{esc(c.get('concept_domain'))}</td><td>{esc(param)}</td>"
+                f"<td>{fmt(c.get('collapse_level'))}</td></tr>")
+        charts.append(line_chart(f"{method}: survival vs {param} (harder →)", levels, series,
+                                 y_label="mean survival"))
+    head = "".join(f"<th data-col='{i}'>{h}</th>" for i, h in enumerate(
+        ["method", "calib", "concepts", "level", "collapse level"]))
+    return (f"<section id='curves'><h2>Phase curves</h2><p>Mean survival per level, read "
+            f"towards harder compression; the collapse level is where it first drops below "
+            f"{fmt(curves.get('threshold'), 2)} (interpolated; – if never).</p>"
+            f"<div class='charts'>{''.join(charts)}</div>"
+            f"<table id='collapse-table' class='sortable'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(collapse)}</tbody></table></section>")
+
+
+def _scatter(av: dict[str, Any]) -> str:
+    groups: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+    for p in av.get("points", []):
+        if _num(p.get("d_anisotropy")) and _num(p.get("survival_loss")):
+            tip = (f"{p.get('method')}:{p.get('level')} calib={p.get('calib')} "
+                   f"seed={p.get('seed')}")
+            groups[str(p.get("method"))].append((float(p["d_anisotropy"]),
+                                                 float(p["survival_loss"]), tip))
+    rho = av.get("rho")
+    per = ", ".join(f"{m}: {fmt(v.get('rho'), 2)} (n={v.get('n_cells')})"
+                    for m, v in (av.get("by_method") or {}).items())
+    chart = scatter_chart("Anisotropy change vs survival loss, one point per cell", groups,
+                          x_label="Δ anisotropy (B − A)", y_label="1 − mean survival")
+    return (f"<section id='scatter'><h2>Geometry vs concept loss</h2>"
+            f"<p>Spearman ρ across {esc(av.get('n_cells', 0))} cells: "
+            f"{fmt(rho, 2) if _num(rho) else '–'}; by method: {esc(per) or '–'}.</p>"
+            f"{chart}</section>")
+
+
+def _models(view: dict[str, Any]) -> str:
+    rows = view.get("rows", [])
+    if not rows:
+        return ""
+    body = "".join(
+        f"<tr><td>{esc(r.get('model'))}</td><td>{esc(r.get('domain'))}</td>"
+        f"<td>{fmt(r.get('bpb_a'))}</td><td>{fmt(r.get('acc_a'))}</td>"
+        f"<td>{fmt(r.get('gain'))}</td><td class='ci'>{fmt_ci(r.get('gain_ci'))}</td>"
+        f"<td>{fmt(r.get('survival'))}</td><td class='ci'>{fmt_ci(r.get('survival_ci'))}</td>"
+        f"</tr>" for r in rows)
+    head = "".join(f"<th data-col='{i}'>{h}</th>" for i, h in enumerate(
+        ["model", "domain", "bits/byte A", "probe acc A", "acc − majority", "CI",
+         "survival", "CI"]))
+    bars = [(f"{r.get('model')} {r.get('domain')}", r.get("gain"), r.get("gain_ci"))
+            for r in rows]
+    chart = bar_chart("Probe accuracy above majority, per model and domain", bars,
+                      width=max(480, 130 * len(bars) + 60))
+    return (f"<section id='models'><h2>Original models: training data</h2><p>Each original "
+            f"model's bits per byte on held-out text of a domain (lower: compresses it "
+            f"better) beside its probe accuracy on that domain's concepts.</p>{chart}"
+            f"<table id='model-table' class='sortable'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table></section>")
+
+
+def _cells(rows: list[dict[str, Any]]) -> str:
+    per: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        c = per.setdefault(str(r.get("cell_id")), {"row": r, "code": [], "prose": []})
+        if r.get("concept_domain") in ("code", "prose") and _num(r.get("survival")):
+            c[r["concept_domain"]].append(float(r["survival"]))
+    body = []
+    for cid, c in per.items():
+        r = c["row"]
+        mean = {d: (sum(v) / len(v) if v else None) for d in ("code", "prose")
+                for v in [c[d]]}
+        body.append(
+            f"<tr><td>{esc(r.get('model'))}</td><td>{esc(r.get('method'))}</td>"
+            f"<td>{fmt(r.get('level'))}</td><td>{esc(r.get('calib'))}</td>"
+            f"<td>{esc(r.get('seed'))}</td><td>{fmt(mean['code'])}</td>"
+            f"<td>{fmt(mean['prose'])}</td><td>{fmt(r.get('bpb_b_code'))}</td>"
+            f"<td>{fmt(r.get('bpb_b_prose'))}</td><td>{fmt(r.get('cell_seconds'), 1)}</td>"
+            f"<td><a href='cells/{esc(cid)}/report.html'>{esc(cid)}</a></td></tr>")
+    head = "".join(f"<th data-col='{i}'>{h}</th>" for i, h in enumerate(
+        ["model", "method", "level", "calib", "seed", "survival code", "survival prose",
+         "bits/byte B code", "bits/byte B prose", "seconds", "cell report"]))
+    return (f"<section id='cells'><h2>Cells</h2>"
+            f"<input id='cell-filter' data-filter='cell-table' type='search' "
+            f"placeholder='filter cells'>"
+            f"<table id='cell-table' class='sortable'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table></section>")
