@@ -10,9 +10,11 @@ import contextlib
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
+from typing import TypeVar
 
 import h5py
 import numpy as np
@@ -26,6 +28,8 @@ from lensbias.errors import LensbiasError
 from lensbias.models import LoadedModel, adapter
 from lensbias.store import format as fmt
 from lensbias.store.reader import read_fingerprint
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -120,10 +124,10 @@ def _lock(out: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def plan_windows(lm: LoadedModel, dataset: ConceptDataset, window: int
-                 ) -> tuple[list[Window], list[list[tuple[int, int]]]]:
-    """Tokenize every example and cut it into windows; also each example's real-token offsets."""
-    windows, offsets = [], []
+def iter_windows(lm: LoadedModel, dataset: ConceptDataset, window: int
+                 ) -> Iterator[tuple[Window, list[tuple[int, int]]]]:
+    """Tokenize example by example and cut each into windows, lazily: every window with its
+    kept tokens' character offsets (so callers never hold the whole dataset's tokens)."""
     for index, example in enumerate(dataset.examples):
         enc = lm.tokenizer.encode(example.text)
         real = [i for i, s in enumerate(enc.special) if not s]
@@ -132,76 +136,167 @@ def plan_windows(lm: LoadedModel, dataset: ConceptDataset, window: int
         room = window - len(head) - len(tail)
         if room < 1:
             raise LensbiasError(f"window {window} leaves no room for text tokens")
-        offsets.append([enc.offsets[i] for i in real])
         for first in range(0, len(real), room):
-            body = [enc.ids[i] for i in real[first:first + room]]
+            chosen = real[first:first + room]
+            body = [enc.ids[i] for i in chosen]
             keep = list(range(len(head), len(head) + len(body)))
-            windows.append(Window(index, head + body + tail, keep, first))
+            yield (Window(index, head + body + tail, keep, first),
+                   [tuple(enc.offsets[i]) for i in chosen])
+
+
+def plan_windows(lm: LoadedModel, dataset: ConceptDataset, window: int
+                 ) -> tuple[list[Window], list[list[tuple[int, int]]]]:
+    """Every window of ``iter_windows`` in a list; also each example's real-token offsets."""
+    windows: list[Window] = []
+    offsets: list[list[tuple[int, int]]] = [[] for _ in dataset.examples]
+    for w, offs in iter_windows(lm, dataset, window):
+        windows.append(w)
+        offsets[w.example].extend(offs)
     return windows, offsets
 
 
 def _write(path: Path, lm: LoadedModel, dataset: ConceptDataset, hooks: tuple[str, ...],
            window: int, config: fmt.CacheConfig, fp: dict, progress: bool) -> None:
-    windows, offsets = plan_windows(lm, dataset, window)
-    n_tokens = sum(len(w.keep) for w in windows)
-    if n_tokens == 0:
-        raise LensbiasError(f"dataset {dataset.name} has no text tokens to cache")
+    """Stream windows → batches → rows: memory is bounded by one batch (plus the label
+    classes), whatever the dataset's size. Row datasets grow as batches are appended."""
+    buckets = frequency_buckets(lm.token_counts, lm.tokenizer.vocab_size)
     with h5py.File(path, "w") as f:
-        _write_metadata(f, lm, dataset, windows, offsets, fp, config)
-        acts = {h: None for h in hooks}
-        row = 0
-        bar = _progress(n_tokens, f"cache {lm.name} on {dataset.name}", progress)
+        _write_header(f, lm, dataset, fp, config)
+        columns = _Columns(f, dataset, buckets)
+        acts: dict[str, h5py.Dataset] = {}
+        bar = _progress(len(dataset.examples), f"cache {lm.name} on {dataset.name}", progress)
         model = adapter.to_device(lm.model, config.device)
-        for batch in _batches(windows, config.batch_size):
-            tokens, mask = _pad(batch, pad_id=batch[0].ids[0])
+        done_examples = 0
+        for batch in _batches(iter_windows(lm, dataset, window), config.batch_size):
+            windows = [w for w, _ in batch]
+            tokens, mask = _pad(windows, pad_id=windows[0].ids[0])
             got = adapter.run_hooks(model, tokens.to(config.device), hooks,
                                     attention_mask=mask.to(config.device) if lm.is_encoder else None)
-            rows = [(b, p) for b, w in enumerate(batch) for p in w.keep]
+            rows = [(b, p) for b, w in enumerate(windows) for p in w.keep]
             index_b = torch.tensor([r[0] for r in rows])
             index_p = torch.tensor([r[1] for r in rows])
+            start = columns.n
             for hook, value in got.items():
                 kept = value[index_b, index_p].to("cpu", getattr(torch, config.dtype))
-                if acts[hook] is None:
+                if hook not in acts:
                     acts[hook] = f.create_dataset(
-                        f"acts/{hook}", shape=(n_tokens, kept[0].numel()), dtype=config.dtype,
-                        chunks=(min(n_tokens, 1024), kept[0].numel()))
+                        f"acts/{hook}", shape=(0, kept[0].numel()),
+                        maxshape=(None, kept[0].numel()), dtype=config.dtype,
+                        chunks=(1024, kept[0].numel()))
                     acts[hook].attrs["shape"] = list(kept.shape[1:])  # e.g. [n_heads, d_head]
-                kept = kept.flatten(1).numpy()
-                acts[hook][row:row + len(rows)] = kept
-            row += len(rows)
-            bar.update(len(rows))
+                acts[hook].resize(start + len(rows), axis=0)
+                acts[hook][start:start + len(rows)] = kept.flatten(1).numpy()
+            columns.append(batch)
+            bar.update(windows[-1].example + 1 - done_examples)
+            done_examples = windows[-1].example + 1
         bar.close()
+        if columns.n == 0:
+            raise LensbiasError(f"dataset {dataset.name} has no text tokens to cache")
+        columns.finish()
+        strings = h5py.string_dtype("utf-8")
+        f.create_dataset("examples/id", data=[ex.id for ex in dataset.examples], dtype=strings)
+        f.create_dataset("examples/text", data=[ex.text for ex in dataset.examples],
+                         dtype=strings)
+        for name in dataset.seq_label_sets:
+            _write_codes(f, f"examples/labels/{name}",
+                         [ex.seq_labels.get(name) for ex in dataset.examples])
         f.attrs["complete"] = 1
 
 
-def _write_metadata(f: h5py.File, lm: LoadedModel, dataset: ConceptDataset,
-                    windows: list[Window], offsets: list[list[tuple[int, int]]], fp: dict,
-                    config: fmt.CacheConfig) -> None:
+def _write_header(f: h5py.File, lm: LoadedModel, dataset: ConceptDataset, fp: dict,
+                  config: fmt.CacheConfig) -> None:
     f.attrs.update({"encoding-type": fmt.ENCODING_TYPE, "encoding-version": fmt.VERSION,
                     "lensbias-version": __version__, "complete": 0,
                     "fingerprint": json.dumps(fp, sort_keys=True),
                     "fingerprint-sha256": fmt.fingerprint_sha(fp), "model": lm.name,
                     "dataset": dataset.name, "config": json.dumps(fmt.config_dict(config))})
-    example = np.concatenate([[w.example] * len(w.keep) for w in windows]).astype(np.int32)
-    position = np.concatenate([np.arange(w.first, w.first + len(w.keep)) for w in windows])
-    ids = np.concatenate([[w.ids[p] for p in w.keep] for w in windows]).astype(np.int32)
-    flat_offsets = np.asarray([o for per in offsets for o in per], dtype=np.int32).reshape(-1, 2)
-    f["tokens/ids"], f["tokens/example"] = ids, example
-    f["tokens/position"] = position.astype(np.int32)
-    f["tokens/offsets"] = flat_offsets
-    for label_set in dataset.label_sets:
-        per_token = [lab for ex, offs in zip(dataset.examples, offsets)
-                     for lab in align_labels(ex.spans, offs, label_set)]
-        _write_codes(f, f"labels/{label_set}", per_token)
-    buckets = frequency_buckets(lm.token_counts, lm.tokenizer.vocab_size)
-    if buckets is not None:
-        _write_codes(f, f"labels/{FREQ_LABEL_SET}", [buckets[i] for i in ids])
-    strings = h5py.string_dtype("utf-8")
-    f.create_dataset("examples/id", data=[ex.id for ex in dataset.examples], dtype=strings)
-    f.create_dataset("examples/text", data=[ex.text for ex in dataset.examples], dtype=strings)
-    for name in dataset.seq_label_sets:
-        _write_codes(f, f"examples/labels/{name}",
-                     [ex.seq_labels.get(name) for ex in dataset.examples])
+
+
+class _Columns:
+    """The per-row datasets (tokens/*, labels/*), appended batch by batch.
+
+    Labels are written as codes into a provisional class list (every value the dataset's
+    spans hold for the set; every frequency bucket), then renumbered in place, chunk by
+    chunk, to the classes that occur on a token, sorted (the layout docs/store.md specifies)."""
+
+    CHUNK = 65536
+
+    def __init__(self, f: h5py.File, dataset: ConceptDataset, buckets: list[str] | None):
+        self.f, self.n, self.dataset = f, 0, dataset
+        self.label_sets, self.buckets = tuple(dataset.label_sets), buckets
+        self.columns = {"tokens/ids": ((), np.int32), "tokens/example": ((), np.int32),
+                        "tokens/position": ((), np.int32), "tokens/offsets": ((2,), np.int32)}
+        self.classes: dict[str, list[str]] = {}
+        self.lookup: dict[str, dict[str, int]] = {}
+        values: dict[str, set[str]] = {s: set() for s in self.label_sets}
+        for ex in dataset.examples:
+            for span in ex.spans:
+                for s, v in span.labels.items():
+                    if s in values:
+                        values[s].add(v)
+        for s in self.label_sets:
+            self.columns[f"labels/{s}"] = ((), np.int16)
+            self._classes(s, sorted(values[s]))
+        if buckets is not None:
+            self.columns[f"labels/{FREQ_LABEL_SET}"] = ((), np.int16)
+            self._classes(FREQ_LABEL_SET, sorted(set(buckets)))
+            self.bucket_codes = np.asarray([self.lookup[FREQ_LABEL_SET][b] for b in buckets],
+                                           np.int16)
+        for key, (tail, dtype) in self.columns.items():
+            f.create_dataset(key, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
+                             chunks=(self.CHUNK, *tail))
+
+    def _classes(self, label_set: str, classes: list[str]) -> None:
+        self.classes[label_set] = classes
+        self.lookup[label_set] = {c: i for i, c in enumerate(classes)}
+
+    def append(self, batch: list[tuple[Window, list[tuple[int, int]]]]) -> None:
+        ids, example, position, offsets = [], [], [], []
+        per_set: dict[str, list[str | None]] = {s: [] for s in self.label_sets}
+        for w, offs in batch:
+            ids.extend(w.ids[p] for p in w.keep)
+            example.extend([w.example] * len(w.keep))
+            position.extend(range(w.first, w.first + len(w.keep)))
+            offsets.extend(offs)
+            spans = self.dataset.examples[w.example].spans
+            for s in self.label_sets:  # per token, so aligning a window = slicing the example
+                per_set[s].extend(align_labels(spans, offs, s))
+        n = len(ids)
+        data: dict[str, np.ndarray] = {
+            "tokens/ids": np.asarray(ids, np.int32), "tokens/example": np.asarray(example, np.int32),
+            "tokens/position": np.asarray(position, np.int32),
+            "tokens/offsets": np.asarray(offsets, np.int32).reshape(-1, 2)}
+        for s, values in per_set.items():
+            lookup = self.lookup[s]
+            data[f"labels/{s}"] = np.asarray([lookup[v] if v is not None else -1
+                                              for v in values], np.int16)
+        if self.buckets is not None:
+            data[f"labels/{FREQ_LABEL_SET}"] = self.bucket_codes[data["tokens/ids"]]
+        for key, value in data.items():
+            self.f[key].resize(self.n + n, axis=0)
+            self.f[key][self.n:self.n + n] = value
+        self.n += n
+
+    def _map(self, label_set: str, table: np.ndarray) -> None:
+        ds = self.f[f"labels/{label_set}"]
+        for start in range(0, ds.shape[0], self.CHUNK):
+            codes = ds[start:start + self.CHUNK]
+            ds[start:start + self.CHUNK] = table[codes]  # index -1 reads table's last entry
+
+    def finish(self) -> None:
+        """Keep only classes that occur, sorted; set each label dataset's ``classes``."""
+        sets = [*self.label_sets] + ([FREQ_LABEL_SET] if self.buckets is not None else [])
+        for s in sets:
+            classes = self.classes.get(s, [])
+            ds = self.f[f"labels/{s}"]
+            seen = np.zeros(len(classes) + 1, bool)
+            for start in range(0, ds.shape[0], self.CHUNK):
+                seen[ds[start:start + self.CHUNK]] = True  # -1 marks the last slot
+            kept = [c for i, c in enumerate(classes) if seen[i]]
+            if len(kept) != len(classes):
+                index = {c: i for i, c in enumerate(kept)}
+                self._map(s, np.asarray([index.get(c, -1) for c in classes] + [-1], np.int16))
+            ds.attrs["classes"] = json.dumps(kept)
 
 
 def _write_codes(f: h5py.File, key: str, values: list[str | None]) -> None:
@@ -212,9 +307,11 @@ def _write_codes(f: h5py.File, key: str, values: list[str | None]) -> None:
     f[key].attrs["classes"] = json.dumps(classes)
 
 
-def _batches(windows: list[Window], size: int) -> Iterator[list[Window]]:
-    for i in range(0, len(windows), size):
-        yield windows[i:i + size]
+def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of ``size`` items (the last may be shorter), lazily."""
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch
 
 
 def _pad(batch: list[Window], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
