@@ -303,6 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-rss", action="store_true", help="skip the memory table")
     parser.add_argument("--rss-sizes", default="10000,100000")
     parser.add_argument("--big", action="store_true", help="add the 1M-token memory point")
+    parser.add_argument("--rss-only", action="store_true", help="only the memory table")
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     if argv is None:  # `python -m benchmarks bench_cache` leaves the bench names in argv
         argv = [a for a in sys.argv[1:] if not a.startswith("bench_")]
@@ -318,7 +319,8 @@ def main(argv: list[str] | None = None) -> None:
     print(_load_line() + " (before)")
     lm = load_model("tiny-mixed", device=args.device)
     dataset = repeated_dataset(lm, args.dataset, args.tokens)
-    throughput(lm, dataset, args.device, args.repeats, with_sae=not args.no_sae)
+    if not args.rss_only:
+        throughput(lm, dataset, args.device, args.repeats, with_sae=not args.no_sae)
     if not args.no_rss:
         sizes = [int(s) for s in args.rss_sizes.split(",") if s]
         memory(sizes + ([1_000_000] if args.big else []), args.dataset, args.device)

@@ -746,3 +746,56 @@ def test_run_diff_twice_gives_the_same_summary(model_dir, data_files, tmp_path):
         provenance.pop("timings_seconds")
         provenance.pop("created")
     assert as_json(first["provenance"]) == as_json(second["provenance"])
+
+
+# --- the gaps an earlier pass listed, now closed ---------------------------------------
+
+@pytest.mark.parametrize("damage", ["pickle", "truncated", "cfg"])
+def test_damaged_sae_folder_is_one_line(tmp_path, damage):
+    import pickle
+
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    from lensbias.saes import load_sae
+
+    folder = tmp_path / "sae"
+    TopKSAE(TopKSAEConfig(d_in=8, d_sae=16, k=2)).save_model(folder)
+    assert load_sae(folder).cfg.d_sae == 16  # intact: loads
+    weights = folder / "sae_weights.safetensors"
+    if damage == "pickle":
+        weights.write_bytes(pickle.dumps({"W_enc": [1, 2]}))
+    elif damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:40])
+    else:
+        (folder / "cfg.json").write_text("[1, 2")
+    with pytest.raises(LensbiasError, match="holds a damaged SAE") as caught:
+        load_sae(folder)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("content", ["[1, 2, 3]", '{"key": null}', '"text"', "\xff", "{"])
+def test_hand_edited_diff_artefact_is_recomputed(tmp_path, content):
+    from lensbias.diff import _cached
+
+    path = tmp_path / "artefacts" / "probes.json"
+    path.parent.mkdir()
+    path.write_bytes(content.encode("latin-1"))
+    assert _cached(tmp_path, "probes", "k1", lambda: {"value": 1}) == {"value": 1}
+    assert json.loads(path.read_text()) == {"key": "k1", "result": {"value": 1}}
+    # and a good artefact is reused, not recomputed
+    assert _cached(tmp_path, "probes", "k1", lambda: {"value": 2}) == {"value": 1}
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"bits": 4.7}, "bits must be a whole number, got 4.7"),
+    ({"bits": True}, "bits must be a whole number, got True"),
+    ({"bits": "4"}, "bits must be a whole number, got '4'"),
+    ({"bits": 4, "group_size": 31.5}, "group_size must be a whole number"),
+])
+def test_quantiser_bits_must_be_whole(params, message):
+    from lensbias.compress.base import make_method
+
+    for method in ("rtn", "gptq"):
+        with pytest.raises(LensbiasError, match=message):
+            make_method(method, params)
+    assert make_method("rtn", {"bits": 4.0}).bits == 4  # a whole float is fine (YAML 4.0)

@@ -163,10 +163,11 @@ def _cached(out: Path, name: str, key: str, compute: Callable[[], dict[str, Any]
     if path.exists():
         try:
             saved = json.loads(path.read_text())
-            if saved.get("key") == key:
+            if isinstance(saved, dict) and saved.get("key") == key \
+                    and isinstance(saved.get("result"), dict):
                 return saved["result"]
-        except (json.JSONDecodeError, KeyError):
-            pass
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            pass  # unreadable or hand-edited: recompute and overwrite
     result = compute()
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps({"key": key, "result": result}, allow_nan=False))

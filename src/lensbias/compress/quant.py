@@ -22,6 +22,9 @@ SUPPORTED_BITS = (2, 3, 4, 8)
 
 
 def check_bits(bits: int, group_size: int) -> tuple[int, int]:
+    for name, value in (("bits", bits), ("group_size", group_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise LensbiasError(f"{name} must be a whole number, got {value!r}")
     if int(bits) not in SUPPORTED_BITS:
         raise LensbiasError(f"bits must be one of {SUPPORTED_BITS}, got {bits}")
     if int(group_size) != -1 and int(group_size) < 2:

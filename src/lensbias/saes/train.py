@@ -338,7 +338,12 @@ def load_sae(path: str | os.PathLike[str], device: str = "cpu") -> Any:
     if not (path / "cfg.json").exists():
         raise LensbiasError(f"{path} holds no saved SAE (no cfg.json); train one with "
                             f"lensbias.saes.train_sae(store, hook, config, out_dir={str(path)!r})")
-    sae = SAE.load_from_disk(path, device=device)
+    try:
+        sae = SAE.load_from_disk(path, device=device)
+    except Exception as err:  # noqa: BLE001 (safetensors, json and shape errors alike)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise LensbiasError(f"{path} holds a damaged SAE ({type(err).__name__}: {first}); "
+                            "retrain it") from None
     sae.eval()
     return sae
 
