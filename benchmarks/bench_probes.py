@@ -7,6 +7,12 @@ prints held-out accuracy, seconds per fit and the speed ratio, in one process.
     python benchmarks/bench_probes.py --threads 2 --n 20000
     python benchmarks/bench_probes.py --cache activations/tiny-mixed--ud-ewt.h5 \
         --hook blocks.2.hook_resid_post --concept upos
+    python benchmarks/bench_probes.py --sweep              # every concept x hook of a diff
+
+``--sweep`` caches tiny-mixed on the diff's default data (UD-EWT + held-out Python, 60k
+characters each), then fits every probe a diff fits on A (each concept at each block, the
+same example split and caps) once with LinearProbe and once with sklearn, and prints the
+largest accuracy difference and the total time of each.
 """
 
 from __future__ import annotations
@@ -56,6 +62,52 @@ def timed(make, X_train, y_train, X_test, y_test, repeats):
     return float(model.score(X_test, y_test)), best
 
 
+def sweep(max_chars: int, max_iter: int, C: float) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from lensbias.models import load_model
+    from lensbias.pair import merged_dataset
+    from lensbias.probes.pair import ProbeConfig, _concepts, select_tokens
+    from lensbias.store import ActivationStore, CacheConfig, cache_activations
+
+    lm = load_model("tiny-mixed")
+    data = merged_dataset(["ud-ewt", "python-stdlib"], None, max_chars)
+    cfg = ProbeConfig(C=C, max_iter=max_iter)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = cache_activations(lm, data, Path(tmp) / "a.h5", CacheConfig(dtype="float16"))
+        with ActivationStore(path) as store:
+            groups = store.tokens()["example"].astype(np.int64)
+            test = grouped_split(groups, cfg.test_fraction, seed=cfg.seed)
+            print(f"probe sweep on tiny-mixed, {store.n_tokens} tokens, {len(store.hooks)} hooks;"
+                  f" C={C}, max_iter={max_iter}, 1 thread")
+            print(f"{'concept':<16}{'hook':<26}{'train':>6}{'ours':>8}{'sklearn':>9}"
+                  f"{'diff pt':>8}")
+            t_ours = t_ref = 0.0
+            diffs = []
+            for hook in store.hooks:
+                acts = store.activations(hook).astype(np.float32)
+                for concept in _concepts(store, cfg):
+                    y = store.labels(concept)
+                    tr, te = select_tokens(y, groups, test, cfg)
+                    if len(np.unique(y[tr])) < 2 or not len(te):
+                        continue
+                    start = time.perf_counter()
+                    ours = LinearProbe(C=C, max_iter=max_iter).fit(acts[tr], y[tr])
+                    t_ours += time.perf_counter() - start
+                    start = time.perf_counter()
+                    ref = make_pipeline(StandardScaler(), LogisticRegression(
+                        C=C, max_iter=max_iter)).fit(acts[tr], y[tr])
+                    t_ref += time.perf_counter() - start
+                    a, b = ours.score(acts[te], y[te]), float(ref.score(acts[te], y[te]))
+                    diffs.append(100 * (a - b))
+                    print(f"{concept:<16}{hook:<26}{len(tr):>6}{a:>8.4f}{b:>9.4f}"
+                          f"{100 * (a - b):>+8.2f}")
+    print(f"{len(diffs)} probes: largest |difference| {max(abs(d) for d in diffs):.2f} points, "
+          f"mean {np.mean(diffs):+.2f}; LinearProbe {t_ours:.1f} s, sklearn {t_ref:.1f} s "
+          f"({t_ref / t_ours:.1f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10667, help="tokens (3/4 train by group)")
@@ -69,6 +121,8 @@ def main() -> None:
     parser.add_argument("--cache", help="an activation cache to read instead of synthetic data")
     parser.add_argument("--hook")
     parser.add_argument("--concept")
+    parser.add_argument("--sweep", action="store_true", help="every probe of a diff, both ways")
+    parser.add_argument("--max-chars", type=int, default=60_000, help="--sweep: data per domain")
     args = parser.parse_args([a for a in sys.argv[1:] if not a.startswith("bench_")])
     torch.set_num_threads(args.threads)
     try:
@@ -76,6 +130,9 @@ def main() -> None:
         threadpool_limits(args.threads)
     except ImportError:
         pass
+    if args.sweep:
+        sweep(args.max_chars, args.max_iter, args.C)
+        return
     if args.cache:
         X, y, groups = from_cache(args.cache, args.hook, args.concept, args.n)
     else:

@@ -147,6 +147,15 @@ def test_method_calib_and_probe_options(tmp_path):
     path.write_text(base.replace("[0.5]}", "[0.5], calib: code}"))
     with pytest.raises(LensbiasError, match=r"methods\[0\] \(wanda\).calib: must be a list"):
         load_sweep_config(path)
+    path.write_text(base.replace("[0.5]}", "[0.5], targets: [ffn]}"))
+    with pytest.raises(LensbiasError, match=r"\(wanda\).targets: use distinct groups from attn"):
+        load_sweep_config(path)
+    # the same method on other module groups is another grid entry, with its own ids
+    path.write_text(base.replace("{name: wanda, levels: [0.5]}",
+                                 "{name: wanda, levels: [0.5]}, "
+                                 "{name: wanda, levels: [0.5], targets: [mlp, attn]}"))
+    two = cells(load_sweep_config(path))
+    assert two[0].id == plain and two[2].targets == ("attn", "mlp") and two[2].id != plain
 
 
 # --- running ----------------------------------------------------------------------------
@@ -426,3 +435,38 @@ def test_anisotropy_vs_loss_spearman():
     assert result["n_cells"] == 4 and result["rho"] == pytest.approx(1.0)
     assert result["points"][0]["d_anisotropy"] == pytest.approx(0.4)  # mean over layers
     assert analyse(hand_rows())["n_cells"] == 4
+
+
+# --- the shipped study, quick version (what CI runs) -------------------------------------
+
+def test_study_quick_runs_end_to_end(tmp_path):
+    """sweeps/study.yaml --quick: every method of the study at its first level, on the
+    embedded tiny-mixed model, then the report."""
+    from pathlib import Path
+
+    from lensbias.cli import main
+
+    study = Path(__file__).resolve().parents[1] / "sweeps" / "study.yaml"
+    out = tmp_path / "quick"
+    assert main(["sweep", str(study), "--quick", "--out", str(out), "-q", "--jobs", "2"]) == 0
+    cfg = load_sweep_config(study).quick()
+    rows = read_results(out, cfg)
+    grid = cells(cfg)
+    assert {r["cell_id"] for r in rows} == {c.id for c in grid}
+    assert len(grid) == 3 + 4 * 3  # magnitude once per module group; others per calibration
+    assert {r["method"] for r in rows} == {"magnitude", "wanda", "sparsegpt", "gptq", "distill"}
+    assert {r["targets"] for r in rows if r["method"] == "magnitude"} == {"attn+mlp", "attn",
+                                                                         "mlp"}
+    # the distilled 2-layer student is compared at its own last block by the shared name
+    distill = [r for r in rows if r["method"] == "distill"]
+    assert {r["hook"] for r in distill} == {"blocks.0.hook_resid_post",
+                                            "blocks.-1.hook_resid_post"}
+    assert all(0 <= r["acc_a"] <= 1 for r in rows)
+    assert {r["concept_domain"] for r in rows} == {"code", "prose"}
+    analysis = json.loads((out / "analysis.json").read_text())
+    assert {r["method"] for r in analysis["interaction"]["rows"]
+            if r["interaction"] is not None} == {"wanda", "sparsegpt", "gptq", "distill"}
+    assert {c["method"] for c in analysis["phase_curves"]["curves"]} >= {
+        "magnitude", "magnitude@attn", "magnitude@mlp"}
+    assert main(["sweep-report", str(out)]) == 0
+    assert "id='interaction'" in (out / "sweep-report.html").read_text()

@@ -36,7 +36,7 @@ def sweep(config: Path, out: Path, jobs: int, executor: str, address: str | None
 
     \b
     Examples:
-      lensbias sweep sweeps/quick.yaml --out quick-results
+      lensbias sweep sweeps/study.yaml --quick --out quick-results
       lensbias sweep sweeps/study.yaml --jobs 4
       lensbias sweep sweeps/study.yaml --quick -q
       lensbias sweep sweeps/study.yaml --executor ray --address head:6379

@@ -39,6 +39,12 @@ def _ok(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def method_label(row: dict[str, Any]) -> str:
+    """The method's name, with its module groups when not the default: ``magnitude@attn``."""
+    targets = row.get("targets")
+    return row["method"] if targets in (None, "attn+mlp") else f"{row['method']}@{targets}"
+
+
 def _rows_with_survival(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if _ok(r.get("survival"))]
 
@@ -55,7 +61,7 @@ def interaction(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0,
     groups: dict[tuple[str, str, Any], list[dict[str, Any]]] = defaultdict(list)
     for r in _rows_with_survival(rows):
         if r.get("calib") in DOMAINS and r.get("concept_domain") in DOMAINS:
-            groups[(r["method"], r.get("param"), r["level"])].append(r)
+            groups[(method_label(r), r.get("param"), r["level"])].append(r)
     rng = np.random.default_rng(seed)
     out = []
     for (method, param, level), group in sorted(groups.items(), key=lambda kv: _gkey(kv[0])):
@@ -151,7 +157,7 @@ def phase_curves(rows: list[dict[str, Any]], threshold: float = THRESHOLD) -> di
     """
     acc: dict[tuple[Any, ...], dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in _rows_with_survival(rows):
-        key = (r["method"], r.get("param"), r.get("calib"), r.get("concept_domain") or "none")
+        key = (method_label(r), r.get("param"), r.get("calib"), r.get("concept_domain") or "none")
         acc[key][r["level"]].append(float(r["survival"]))
     curves = []
     for key in sorted(acc, key=_gkey):
@@ -208,7 +214,7 @@ def anisotropy_vs_loss(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if not c["aniso"] or not c["surv"]:
             continue
         r = c["row"]
-        points.append({"cell_id": cid, "model": r.get("model"), "method": r["method"],
+        points.append({"cell_id": cid, "model": r.get("model"), "method": method_label(r),
                        "level": r["level"], "calib": r.get("calib"), "seed": r.get("seed"),
                        "d_anisotropy": float(np.mean(list(c["aniso"].values()))),
                        "survival_loss": 1.0 - float(np.mean(c["surv"]))})

@@ -25,7 +25,8 @@ MORE_IS_LESS = frozenset({"bits", "rank_ratio", "n_layers"})
 TOP_KEYS = ("models", "methods", "calib", "seeds", "datasets", "max_chars", "max_examples",
             "sae", "concepts", "hooks", "n_bootstrap", "calib_n_seqs", "calib_seq_len",
             "control", "ceiling", "device")
-METHOD_KEYS = ("name", "levels", "param", "calib")
+METHOD_KEYS = ("name", "levels", "param", "calib", "targets")
+TARGET_GROUPS = ("attn", "mlp", "embed", "unembed")
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,16 @@ class MethodSpec:
     calib: tuple[str, ...] | None = None
     """This method's calibration domains (None: the sweep's). One is enough for a
     data-free method such as magnitude, whose result does not depend on it."""
+    targets: tuple[str, ...] | None = None
+    """Module groups compressed (attn, mlp, embed, unembed); None: attn and mlp."""
 
     def to_dict(self) -> dict[str, Any]:
         d = {"name": self.name, "levels": list(self.levels), "param": self.param,
              **dict(self.params)}
         if self.calib is not None:
             d["calib"] = list(self.calib)
+        if self.targets is not None:
+            d["targets"] = list(self.targets)
         return d
 
 
@@ -114,12 +119,17 @@ class Cell:
     params: tuple[tuple[str, Any], ...] = ()
     diff: tuple[tuple[str, Any], ...] = field(default=(), repr=False)
     """The sweep-wide diff/calibration settings, part of the id."""
+    targets: tuple[str, ...] | None = None
+    """Module groups compressed; None: the default (attn and mlp)."""
 
     def spec(self) -> dict[str, Any]:
         """Everything that decides this cell's results (hashed into its id)."""
-        return {"model": self.model, "method": self.method, "param": self.param,
+        spec = {"model": self.model, "method": self.method, "param": self.param,
                 "level": self.level, "params": dict(self.params), "calib": self.calib,
                 "seed": self.seed, "diff": dict(self.diff)}
+        if self.targets is not None:  # only when set, so older cells keep their ids
+            spec["targets"] = list(self.targets)
+        return spec
 
     @property
     def id(self) -> str:
@@ -148,7 +158,7 @@ def cells(config: SweepConfig) -> list[Cell]:
                 for calib in m.calib or config.calib:
                     for seed in config.seeds:
                         out.append(Cell(len(out), model, m.name, m.param, level, calib, seed,
-                                        m.params, diff))
+                                        m.params, diff, m.targets))
     return out
 
 
@@ -229,6 +239,14 @@ def sweep_config_from_dict(raw: Any, source: str = "sweep config") -> SweepConfi
                             default=None)
         if m_calib is not None and len(set(m_calib)) != len(m_calib):
             raise fail(f"{where}.calib", "has duplicates")
+        targets = _str_list(m, "targets", lambda k, w, at=where: fail(f"{at}.{k}", w),
+                            default=None)
+        if targets is not None:
+            bad_t = [t for t in targets if t not in TARGET_GROUPS]
+            if bad_t or len(set(targets)) != len(targets):
+                raise fail(f"{where}.targets", f"use distinct groups from "
+                                               f"{', '.join(TARGET_GROUPS)}; got {targets}")
+            targets = tuple(t for t in TARGET_GROUPS if t in targets)
         bad = sorted(k for k in extra if k not in accepted)
         if bad:
             raise fail(f"{where}.{bad[0]}", f"unknown field; a method takes name, levels, "
@@ -265,8 +283,8 @@ def sweep_config_from_dict(raw: Any, source: str = "sweep config") -> SweepConfi
                 raise fail(where, f"bad options ({err})") from None
         methods.append(MethodSpec(name, tuple(norm), param,
                                   tuple(sorted((k, _freeze(v)) for k, v in extra.items())),
-                                  tuple(m_calib) if m_calib is not None else None))
-    names = [(m.name, m.param, m.params) for m in methods]
+                                  tuple(m_calib) if m_calib is not None else None, targets))
+    names = [(m.name, m.param, m.params, m.targets) for m in methods]
     if len(set(names)) != len(names):
         raise fail("methods", "lists the same method (with the same options) twice; merge "
                               "their levels")

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lensbias.compress import CalibConfig, Recipe
+from lensbias.compress import CalibConfig, Recipe, Targets
 from lensbias.diff import DiffConfig, run_diff
 from lensbias.errors import LensbiasError
 from lensbias.sweep.config import Cell, SweepConfig, cells
@@ -106,7 +106,10 @@ def run_cell(cell: Cell, config: SweepConfig, out_dir: str | os.PathLike[str]
         calib_kw["n_seqs"] = config.calib_n_seqs
     if config.calib_seq_len is not None:
         calib_kw["seq_len"] = config.calib_seq_len
-    recipe = Recipe(cell.method, cell.recipe_params(), calib=CalibConfig(cell.calib, **calib_kw))
+    targets = Targets() if cell.targets is None else Targets(
+        **{g: g in cell.targets for g in ("attn", "mlp", "embed", "unembed")})
+    recipe = Recipe(cell.method, cell.recipe_params(), targets=targets,
+                    calib=CalibConfig(cell.calib, **calib_kw))
     diff_config = DiffConfig(datasets=config.datasets, max_examples=config.max_examples,
                              max_chars=config.max_chars, concepts=config.concepts,
                              hooks=config.hooks, sae=config.sae, seed=cell.seed,
@@ -122,7 +125,8 @@ def cell_rows(cell: Cell, summary: dict[str, Any], seconds: float | None = None
     """One row per concept × layer of a cell's ``summary.json`` (``SurvivalResult.to_dict()``)."""
     base = {"cell_id": cell.id, "cell_index": cell.index, "model": cell.model,
             "method": cell.method, "param": cell.param, "level": cell.level,
-            "params": dict(cell.params), "calib": cell.calib, "seed": cell.seed}
+            "params": dict(cell.params), "calib": cell.calib, "seed": cell.seed,
+            "targets": "+".join(cell.targets) if cell.targets is not None else "attn+mlp"}
     geometry: dict[tuple[str, str], dict[str, Any]] = {}
     for g in (summary.get("geometry") or {}).get("rows", []):
         if g.get("domain") == "all":
