@@ -283,6 +283,37 @@ def test_ray_errors_are_one_line(setup, tmp_path, capsys):
     assert "--address and --gpus-per-cell need --executor ray" in capsys.readouterr().err
 
 
+def test_second_sweep_in_the_same_folder_is_refused(first, setup):
+    import fcntl
+    import os
+
+    out, rows = first
+    _, _, cfg = setup
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a running sweep holds it
+        with pytest.raises(LensbiasError, match="another sweep is running in"):
+            run_sweep(cfg, out, progress=False)
+    finally:
+        os.close(fd)
+    assert read_results(out, cfg) == rows  # untouched
+
+
+def test_unreachable_ray_cluster_is_one_line(setup, tmp_path, capsys):
+    pytest.importorskip("ray")
+    from lensbias.cli import main
+
+    _, raw, _ = setup
+    path = tmp_path / "s.yaml"
+    path.write_text(json.dumps(raw))
+    code = main(["sweep", str(path), "--out", str(tmp_path / "o"), "--executor", "ray",
+                 "--address", "127.0.0.1:1", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "could not connect to Ray at 127.0.0.1:1" in err, err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "o" / "results.jsonl").exists()
+
+
 def test_cli_writes_analysis(first, setup, tmp_path, capsys):
     from lensbias.cli.sweep import sweep
 

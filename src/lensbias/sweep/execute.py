@@ -92,6 +92,8 @@ def run_ray(todo: list[Cell], config: SweepConfig, out: Path, on_done: OnDone,
         raise LensbiasError(f"cpus per cell must be > 0 and gpus per cell >= 0; got "
                             f"{cpus_per_cell} and {gpus_per_cell}")
     started_here = not ray.is_initialized()
+    if started_here and address not in (None, "auto", "local"):
+        _check_reachable(address)
     if started_here:
         try:
             if address is None:
@@ -127,6 +129,21 @@ def run_ray(todo: list[Cell], config: SweepConfig, out: Path, on_done: OnDone,
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in one line, fast, when nothing listens at ``host:port`` (``ray.init`` would
+    retry for minutes)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise LensbiasError(f"Ray address {address!r} must be host:port (or 'auto')")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise LensbiasError(f"could not connect to Ray at {address}: "
+                            f"{err.strerror or type(err).__name__}") from None
 
 
 def ray_cell(cell: Cell, config: SweepConfig, threads: int
