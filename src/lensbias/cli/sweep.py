@@ -104,7 +104,12 @@ def sweep_report(results: Path, out: Path | None, title: str | None) -> None:
     target = out or folder / "sweep-report.html"
     if not target.parent.is_dir():
         raise LensbiasError(f"output folder {target.parent} does not exist")
-    html = render_sweep_html(rows, analyse(rows), title or f"lensbias sweep: {folder.name}")
+    ids = {str(r.get("cell_id")) for r in rows}
+    linked = {cid for cid in ids if (folder / "cells" / cid / "report.html").is_file()}
+    if target.resolve().parent != folder.resolve():
+        linked = set()  # links are relative to the sweep folder
+    html = render_sweep_html(rows, analyse(rows), title or f"lensbias sweep: {folder.name}",
+                             linked)
     tmp = target.with_name(f".{target.name}.tmp")
     try:
         tmp.write_text(html, encoding="utf-8")

@@ -19,8 +19,11 @@ from lensbias.report.svg import bar_chart, line_chart, scatter_chart
 
 
 def render_sweep_html(rows: list[dict[str, Any]], analysis: dict[str, Any],
-                      title: str = "lensbias sweep") -> str:
-    """The whole sweep report as one self-contained HTML string."""
+                      title: str = "lensbias sweep", linked: set[str] | None = None) -> str:
+    """The whole sweep report as one self-contained HTML string.
+
+    ``linked``: cell ids whose ``cells/<id>/report.html`` exists beside the page (None: all).
+    """
     models = sorted({str(r.get("model")) for r in rows})
     body = "".join([
         f"<header><h1>{esc(title)}</h1><p class='sub'>{analysis.get('n_cells', 0)} cells, "
@@ -31,7 +34,7 @@ def render_sweep_html(rows: list[dict[str, Any]], analysis: dict[str, Any],
         _curves(analysis.get("phase_curves") or {}),
         _scatter(analysis.get("anisotropy_vs_loss") or {}),
         _models(analysis.get("model_view") or {}),
-        _cells(rows),
+        _cells(rows, linked),
     ])
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
@@ -160,7 +163,13 @@ def _models(view: dict[str, Any]) -> str:
             f"<tbody>{body}</tbody></table></section>")
 
 
-def _cells(rows: list[dict[str, Any]]) -> str:
+def _method(r: dict[str, Any]) -> str:
+    """The method, with its module groups when not the default (as the analysis labels it)."""
+    targets = r.get("targets")
+    return str(r.get("method")) + ("" if targets in (None, "attn+mlp") else f"@{targets}")
+
+
+def _cells(rows: list[dict[str, Any]], linked: set[str] | None) -> str:
     per: dict[str, dict[str, Any]] = {}
     for r in rows:
         c = per.setdefault(str(r.get("cell_id")), {"row": r, "code": [], "prose": []})
@@ -172,12 +181,13 @@ def _cells(rows: list[dict[str, Any]]) -> str:
         mean = {d: (sum(v) / len(v) if v else None) for d in ("code", "prose")
                 for v in [c[d]]}
         body.append(
-            f"<tr><td>{esc(r.get('model'))}</td><td>{esc(r.get('method'))}</td>"
+            f"<tr><td>{esc(r.get('model'))}</td><td>{esc(_method(r))}</td>"
             f"<td>{fmt(r.get('level'))}</td><td>{esc(r.get('calib'))}</td>"
             f"<td>{esc(r.get('seed'))}</td><td>{fmt(mean['code'])}</td>"
             f"<td>{fmt(mean['prose'])}</td><td>{fmt(r.get('bpb_b_code'))}</td>"
             f"<td>{fmt(r.get('bpb_b_prose'))}</td><td>{fmt(r.get('cell_seconds'), 1)}</td>"
-            f"<td><a href='cells/{esc(cid)}/report.html'>{esc(cid)}</a></td></tr>")
+            + (f"<td><a href='cells/{esc(cid)}/report.html'>{esc(cid)}</a></td></tr>"
+               if linked is None or cid in linked else f"<td>{esc(cid)}</td></tr>"))
     head = "".join(f"<th data-col='{i}'>{h}</th>" for i, h in enumerate(
         ["model", "method", "level", "calib", "seed", "survival code", "survival prose",
          "bits/byte B code", "bits/byte B prose", "seconds", "cell report"]))
