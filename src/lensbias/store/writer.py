@@ -157,13 +157,14 @@ def plan_windows(lm: LoadedModel, dataset: ConceptDataset, window: int
 
 def _write(path: Path, lm: LoadedModel, dataset: ConceptDataset, hooks: tuple[str, ...],
            window: int, config: fmt.CacheConfig, fp: dict, progress: bool) -> None:
-    """Stream windows → batches → rows: memory is bounded by one batch (plus the label
-    classes), whatever the dataset's size. Row datasets grow as batches are appended."""
+    """Stream windows → batches → rows: memory is bounded by the write buffers (16 MiB of
+    activations, ~65k rows of token columns) and the label classes, whatever the dataset's
+    size. Row datasets grow as the buffers are flushed."""
     buckets = frequency_buckets(lm.token_counts, lm.tokenizer.vocab_size)
     with h5py.File(path, "w") as f:
         _write_header(f, lm, dataset, fp, config)
         columns = _Columns(f, dataset, buckets)
-        acts: dict[str, h5py.Dataset] = {}
+        acts = _Acts(f)
         bar = _progress(len(dataset.examples), f"cache {lm.name} on {dataset.name}", progress)
         model = adapter.to_device(lm.model, config.device)
         done_examples = 0
@@ -175,23 +176,21 @@ def _write(path: Path, lm: LoadedModel, dataset: ConceptDataset, hooks: tuple[st
             rows = [(b, p) for b, w in enumerate(windows) for p in w.keep]
             index_b = torch.tensor([r[0] for r in rows])
             index_p = torch.tensor([r[1] for r in rows])
-            start = columns.n
             for hook, value in got.items():
                 kept = value[index_b, index_p].to("cpu", getattr(torch, config.dtype))
-                if hook not in acts:
-                    acts[hook] = f.create_dataset(
-                        f"acts/{hook}", shape=(0, kept[0].numel()),
-                        maxshape=(None, kept[0].numel()), dtype=config.dtype,
-                        chunks=(1024, kept[0].numel()))
-                    acts[hook].attrs["shape"] = list(kept.shape[1:])  # e.g. [n_heads, d_head]
-                acts[hook].resize(start + len(rows), axis=0)
-                acts[hook][start:start + len(rows)] = kept.flatten(1).numpy()
+                if hook not in acts.datasets:
+                    acts.create(hook, kept, config.dtype)
+                acts.add(hook, kept.flatten(1).numpy())
+            acts.rows += len(rows)
+            if acts.full():
+                acts.flush()
             columns.append(batch)
             bar.update(windows[-1].example + 1 - done_examples)
             done_examples = windows[-1].example + 1
         bar.close()
         if columns.n == 0:
             raise LensbiasError(f"dataset {dataset.name} has no text tokens to cache")
+        acts.flush()
         columns.finish()
         strings = h5py.string_dtype("utf-8")
         f.create_dataset("examples/id", data=[ex.id for ex in dataset.examples], dtype=strings)
@@ -212,8 +211,41 @@ def _write_header(f: h5py.File, lm: LoadedModel, dataset: ConceptDataset, fp: di
                     "dataset": dataset.name, "config": json.dumps(fmt.config_dict(config))})
 
 
+class _Acts:
+    """The activation datasets, written in blocks of at most BUFFER_BYTES (all hooks)."""
+
+    BUFFER_BYTES = 16 << 20
+
+    def __init__(self, f: h5py.File):
+        self.f, self.rows, self.written = f, 0, 0
+        self.datasets: dict[str, h5py.Dataset] = {}
+        self.parts: dict[str, list[np.ndarray]] = {}
+
+    def create(self, hook: str, kept: torch.Tensor, dtype: str) -> None:
+        width = kept[0].numel()
+        ds = self.f.create_dataset(f"acts/{hook}", shape=(0, width), maxshape=(None, width),
+                                   dtype=dtype, chunks=(1024, width))
+        ds.attrs["shape"] = list(kept.shape[1:])  # e.g. [n_heads, d_head]
+        self.datasets[hook], self.parts[hook] = ds, []
+
+    def add(self, hook: str, block: np.ndarray) -> None:
+        self.parts[hook].append(block)
+
+    def full(self) -> bool:
+        return sum(p.nbytes for parts in self.parts.values() for p in parts) >= self.BUFFER_BYTES
+
+    def flush(self) -> None:
+        for hook, parts in self.parts.items():
+            if parts:
+                ds = self.datasets[hook]
+                ds.resize(self.rows, axis=0)
+                ds[self.written:self.rows] = np.concatenate(parts)
+                self.parts[hook] = []
+        self.written = self.rows
+
+
 class _Columns:
-    """The per-row datasets (tokens/*, labels/*), appended batch by batch.
+    """The per-row datasets (tokens/*, labels/*), appended in blocks of about CHUNK rows.
 
     Labels are written as codes into a provisional class list (every value the dataset's
     spans hold for the set; every frequency bucket), then renumbered in place, chunk by
@@ -242,9 +274,11 @@ class _Columns:
             self._classes(FREQ_LABEL_SET, sorted(set(buckets)))
             self.bucket_codes = np.asarray([self.lookup[FREQ_LABEL_SET][b] for b in buckets],
                                            np.int16)
-        for key, (tail, dtype) in self.columns.items():
-            f.create_dataset(key, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
-                             chunks=(self.CHUNK, *tail))
+        self.datasets = {key: f.create_dataset(key, shape=(0, *tail), maxshape=(None, *tail),
+                                               dtype=dtype, chunks=(self.CHUNK, *tail))
+                         for key, (tail, dtype) in self.columns.items()}
+        self.pending: dict[str, list[np.ndarray]] = {}
+        self.buffered = 0
 
     def _classes(self, label_set: str, classes: list[str]) -> None:
         self.classes[label_set] = classes
@@ -273,9 +307,22 @@ class _Columns:
         if self.buckets is not None:
             data[f"labels/{FREQ_LABEL_SET}"] = self.bucket_codes[data["tokens/ids"]]
         for key, value in data.items():
-            self.f[key].resize(self.n + n, axis=0)
-            self.f[key][self.n:self.n + n] = value
+            self.pending.setdefault(key, []).append(value)
         self.n += n
+        self.buffered += n
+        if self.buffered >= self.CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows (at most about CHUNK of them) in one call per column."""
+        if not self.buffered:
+            return
+        start = self.n - self.buffered
+        for key, parts in self.pending.items():
+            ds = self.datasets[key]
+            ds.resize(self.n, axis=0)
+            ds[start:self.n] = np.concatenate(parts)
+        self.pending, self.buffered = {}, 0
 
     def _map(self, label_set: str, table: np.ndarray) -> None:
         ds = self.f[f"labels/{label_set}"]
@@ -285,6 +332,7 @@ class _Columns:
 
     def finish(self) -> None:
         """Keep only classes that occur, sorted; set each label dataset's ``classes``."""
+        self.flush()
         sets = [*self.label_sets] + ([FREQ_LABEL_SET] if self.buckets is not None else [])
         for s in sets:
             classes = self.classes.get(s, [])
