@@ -118,7 +118,7 @@ def test_grid_order_and_stable_ids(tmp_path):
     quick = cfg.quick()
     assert [(c.method, c.level, c.seed) for c in cells(quick)] == [
         ("magnitude", 0.3, 0), ("magnitude", 0.3, 0), ("gptq", 4, 0), ("gptq", 4, 0)]
-    assert (quick.max_chars, quick.n_bootstrap, quick.calib_n_seqs) == (3000, 50, 16)
+    assert (quick.max_chars, quick.n_bootstrap, quick.calib_n_seqs) == (6000, 50, 16)
 
 
 def test_method_calib_and_probe_options(tmp_path):

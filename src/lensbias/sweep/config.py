@@ -91,7 +91,7 @@ class SweepConfig:
 
     def quick(self) -> SweepConfig:
         """The CI version: the first model, the first seed, each method's first level, on a
-        small slice (at most 3,000 characters per dataset, 16 calibration sequences and 50
+        small slice (at most 6,000 characters per dataset, 16 calibration sequences and 50
         bootstrap resamples)."""
         return dataclasses.replace(
             self, models=self.models[:1], seeds=self.seeds[:1],
@@ -101,7 +101,7 @@ class SweepConfig:
             calib_n_seqs=min(self.calib_n_seqs or QUICK_CALIB_SEQS, QUICK_CALIB_SEQS))
 
 
-QUICK_CHARS, QUICK_BOOTSTRAP, QUICK_CALIB_SEQS = 3000, 50, 16
+QUICK_CHARS, QUICK_BOOTSTRAP, QUICK_CALIB_SEQS = 6000, 50, 16
 
 
 @dataclass(frozen=True)
