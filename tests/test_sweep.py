@@ -178,6 +178,24 @@ def test_sweep_writes_one_table(first, setup):
         assert (out / "cells" / c.id / "summary.json").exists()
 
 
+def test_results_table_in_hdf5(first, setup, tmp_path):
+    from lensbias.sweep import read_table, write_table
+
+    out, rows = first
+    back = read_table(out / "results.h5")
+    assert len(back) == len(rows) and back == rows  # the same rows, column by column
+    assert isinstance(back[0]["params"], dict) and isinstance(back[0]["seed"], int)
+    # missing numbers stay missing; mixed int/float levels come back equal
+    odd = [{**rows[0], "survival": None, "level": 4}, {**rows[1], "level": 0.5}]
+    write_table(odd, tmp_path / "t.h5")
+    got = read_table(tmp_path / "t.h5")
+    assert got[0]["survival"] is None and got[0]["level"] == 4 and got[1]["level"] == 0.5
+    (tmp_path / "bad.h5").write_bytes(b"not hdf5")
+    with pytest.raises(LensbiasError, match="not a readable sweep table"):
+        read_table(tmp_path / "bad.h5")
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 def test_rerun_skips_finished_cells(first, setup, monkeypatch):
     out, rows = first
     _, _, cfg = setup

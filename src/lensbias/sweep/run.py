@@ -3,6 +3,8 @@
 Layout of ``out_dir``::
 
     results.jsonl   one JSON object per row (cell × concept × layer), appended per finished cell
+    results.h5      the finished rows of the grid as an HDF5 table (``table.py``), rewritten
+                    when a run ends
     done            one line per finished cell: "<cell id> <attempt>", written after its rows
     cells/<id>/     the cell's ``lensbias diff`` folder (summary.json, report.html, caches)
     sweep.json      the config and the grid of the latest run (for people; not read back)
@@ -28,11 +30,13 @@ from lensbias.diff import DiffConfig, run_diff
 from lensbias.errors import LensbiasError
 from lensbias.sweep.config import Cell, SweepConfig, cells
 from lensbias.sweep.execute import cpu_cores, run_pool, run_ray
+from lensbias.sweep.table import write_table
 
 __all__ = ["cpu_cores", "read_results", "run_cell", "run_sweep"]
 EXECUTORS = ("local", "ray")
 
 RESULTS = "results.jsonl"
+TABLE = "results.h5"
 DONE = "done"
 TIMING_FIELDS = frozenset({"cell_seconds"})
 """Row fields that differ between otherwise identical runs."""
@@ -90,6 +94,7 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], jobs: int = 
                 run_pool(todo, config, out, min(jobs, len(todo)), on_done)
         finally:
             bar.close()
+        write_table(read_results(out, config), out / TABLE)
     return results
 
 
