@@ -149,20 +149,18 @@ def run_hooks(model: Any, tokens: torch.Tensor, hooks: Sequence[str],
     """
     got: dict[str, torch.Tensor] = {}
     tokens, attention_mask = _on_model(model, tokens), _on_model(model, attention_mask)
-    real = {h: resolve_hook(model, h) for h in hooks}
-    fwd = _recorders(list(dict.fromkeys(real.values())), got)
-    hooks_asked = hooks
-    hooks = list(dict.fromkeys(real.values()))
+    real = {h: resolve_hook(model, h) for h in hooks}  # asked name -> the model's name
+    needed = list(dict.fromkeys(real.values()))
+    fwd = _recorders(needed, got)
     with torch.inference_mode():
         if is_encoder(model):
             with model.hooks(fwd_hooks=fwd):
                 model(tokens, return_type=None, one_zero_attention_mask=attention_mask)
         else:
-            stop = _stop_layer(model, hooks)
             with model.hooks(fwd_hooks=fwd):
-                model(tokens, return_type=None, stop_at_layer=stop,
+                model(tokens, return_type=None, stop_at_layer=_stop_layer(model, needed),
                       attention_mask=attention_mask)
-    return {h: got[real[h]] for h in hooks_asked}
+    return {h: got[name] for h, name in real.items()}
 
 
 def _recorders(hooks: Sequence[str], got: dict[str, torch.Tensor]
