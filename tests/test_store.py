@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -83,6 +84,33 @@ def test_long_examples_are_windowed_without_loss(bpe, tmp_path):
         _, ref = lm.model.run_with_cache(torch.tensor([ids]))
         np.testing.assert_allclose(store.activations("blocks.0.hook_resid_post")[15:30],
                                    ref["blocks.0.hook_resid_post"][0, 1:].numpy(), atol=1e-5)
+
+
+def test_write_buffers_do_not_change_the_file(tiny_lm, small_dataset, tmp_path, monkeypatch):
+    """The streaming writer flushes in blocks; a flush after every batch, and token columns
+    flushed every 7 rows, give the same file. Every listed label class occurs."""
+    import lensbias.store.writer as writer
+
+    def contents(path):
+        out = {}
+        with h5py.File(path) as f:
+            f.visititems(lambda k, v: out.__setitem__(k, (v[()].tolist(), dict(v.attrs)))
+                         if isinstance(v, h5py.Dataset) else None)
+        return out
+
+    config = CacheConfig(dtype="float32", batch_size=3)
+    big = contents(cache_activations(tiny_lm, small_dataset, tmp_path / "big.h5", config))
+    monkeypatch.setattr(writer._Columns, "CHUNK", 7)
+    monkeypatch.setattr(writer._Acts, "BUFFER_BYTES", 1)
+    small = contents(cache_activations(tiny_lm, small_dataset, tmp_path / "small.h5", config))
+    assert small.keys() == big.keys() and small == big
+    labels = [k for k in big if k.startswith("labels/")]
+    assert len(labels) >= 2
+    for key in labels:
+        codes, attrs = np.asarray(big[key][0]), big[key][1]
+        classes = json.loads(attrs["classes"])
+        assert classes == sorted(classes)
+        assert set(np.unique(codes[codes >= 0]).tolist()) == set(range(len(classes))), key
 
 
 def test_same_fingerprint_reuses_file(tiny_lm, small_dataset, tmp_path):

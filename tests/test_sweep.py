@@ -332,6 +332,24 @@ def test_unreachable_ray_cluster_is_one_line(setup, tmp_path, capsys):
     assert not (tmp_path / "o" / "results.jsonl").exists()
 
 
+@pytest.mark.parametrize("device, message", [
+    ("cdua", "unknown torch device 'cdua'"),
+    pytest.param("cuda", "sees no CUDA device", marks=pytest.mark.skipif(
+        __import__("torch").cuda.is_available(), reason="this machine has CUDA")),
+])
+def test_bad_device_is_one_line(setup, tmp_path, capsys, device, message):
+    from lensbias.cli import main
+
+    _, raw, _ = setup
+    path = tmp_path / "s.yaml"
+    path.write_text(json.dumps({**raw, "device": device}))
+    out = tmp_path / "o"
+    assert main(["sweep", str(path), "--out", str(out), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (out / "done").exists() and not list(out.glob("cells/*/summary.json"))
+
+
 def test_cli_writes_analysis(first, setup, tmp_path, capsys):
     from lensbias.cli.sweep import sweep
 

@@ -73,6 +73,7 @@ def list_models() -> list[tuple[str, str]]:
 
 def load_model(spec: str | Path, device: str = "cpu") -> LoadedModel:
     """Load a model by built-in name, folder path or TransformerLens pretrained name."""
+    adapter.check_device(device)
     name = str(spec)
     if name in TINY_NAMES:
         return _load_folder(WEIGHTS_DIR / name, name, "builtin", device)

@@ -86,8 +86,22 @@ def _load_exact(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> 
     model.load_state_dict(state_dict, strict=False)
 
 
+def check_device(device: str) -> torch.device:
+    """``device`` as a torch device, or one clear error: unknown name, or CUDA asked for
+    where this torch build or machine has none."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise LensbiasError(f"unknown torch device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LensbiasError(f"device {device!r} asked for, but this torch "
+                            f"({torch.__version__}) sees no CUDA device; use cpu")
+    return dev
+
+
 def to_device(model: Any, device: str) -> Any:
     """Move a model only when it is elsewhere (TransformerLens prints on every move)."""
+    check_device(device)
     first = next(model.parameters(), None)
     if first is not None and first.device == torch.device(device):
         return model
