@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -33,7 +34,10 @@ def report(tmp_path_factory, bpe) -> Path:
     return out / "report.html"
 
 
-def test_report_renders_and_filters_in_chromium(report, tmp_path):
+@contextlib.contextmanager
+def open_page(path: Path):
+    """``path`` in headless Chromium: yields (page, errors); errors collects console errors,
+    page errors and any dialog (a script the report should never run)."""
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page()
@@ -41,7 +45,15 @@ def test_report_renders_and_filters_in_chromium(report, tmp_path):
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("dialog", lambda d: errors.append(f"dialog opened: {d.message}"))
-        page.goto(report.as_uri())
+        page.goto(path.as_uri())
+        try:
+            yield page, errors
+        finally:
+            browser.close()
+
+
+def test_report_renders_and_filters_in_chromium(report, tmp_path):
+    with open_page(report) as (page, errors):
         assert page.locator("#headline .headline").inner_text().strip()
         rows = page.locator("#concept-table tbody tr")
         assert rows.count() >= 2
@@ -59,7 +71,6 @@ def test_report_renders_and_filters_in_chromium(report, tmp_path):
         names = [r.locator("td").first.inner_text() for r in rows.all()]
         assert names == sorted(names)
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
-        browser.close()
     assert (tmp_path / "report.png").stat().st_size > 10_000
     assert errors == []
 
@@ -73,14 +84,7 @@ def test_sweep_report_renders_sorts_and_filters_in_chromium(tmp_path):
     rows = hostile_rows()
     path = tmp_path / "sweep-report.html"
     path.write_text(render_sweep_html(rows, analyse(rows, n_boot=50)), encoding="utf-8")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page()
-        errors: list[str] = []
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("dialog", lambda d: errors.append(f"dialog opened: {d.message}"))
-        page.goto(path.as_uri())
+    with open_page(path) as (page, errors):
         assert "interaction" in page.locator("#headline").inner_text()
         assert page.locator("#interaction-table tbody tr").count() == 1
         assert page.locator("#interaction svg rect").count() == 1
@@ -99,6 +103,5 @@ def test_sweep_report_renders_sorts_and_filters_in_chromium(tmp_path):
         calibs = [r.locator("td").nth(3).inner_text() for r in cells.all()]
         assert calibs == sorted(calibs)
         page.screenshot(path=str(tmp_path / "sweep.png"), full_page=True)
-        browser.close()
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
     assert errors == []

@@ -83,15 +83,22 @@ def _concept_table(probes: dict[str, Any]) -> str:
             f"<td>{fmt(r.get('transfer'))}</td><td>{fmt(r.get('retrained'))}</td>"
             f"<td>{fmt(r.get('selectivity_a'))}</td><td>{fmt(r.get('survival'))}</td>"
             f"<td class='ci'>{fmt_ci(r.get('survival_ci'))}</td></tr>")
-    head = "".join(f"<th data-col='{i}'>{h}</th>" for i, h in enumerate(
-        ["concept", "domain", "best layer", "majority", "acc A", "transfer A→B",
-         "retrained B", "selectivity A", "survival", "survival CI"]))
+    table = sortable_table("concept-table", [
+        "concept", "domain", "best layer", "majority", "acc A", "transfer A→B",
+        "retrained B", "selectivity A", "survival", "survival CI"], rows)
     return (f"<section id='concepts'><h2>Concept survival</h2>"
             f"<p>One row per concept at its best layer on A. Transfer applies A's probe to B's "
             f"activations unchanged; retrained fits a new probe on B. Click a header to sort.</p>"
             f"<input id='concept-filter' type='search' placeholder='filter concepts or domain'>"
-            f"<table id='concept-table' class='sortable'><thead><tr>{head}</tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table></section>")
+            f"{table}</section>")
+
+
+def sortable_table(table_id: str, headers: list[str], rows: list[str]) -> str:
+    """A table the page's script sorts on a header click. ``rows`` are escaped ``<tr>``
+    strings; ``headers`` are literals written in this package (not escaped)."""
+    head = "".join(f"<th data-col='{i}'>{h}</th>" for i, h in enumerate(headers))
+    return (f"<table id='{table_id}' class='sortable'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
 
 
 def best_rows(probes: dict[str, Any]) -> list[dict[str, Any]]:

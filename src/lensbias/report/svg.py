@@ -20,6 +20,23 @@ def _scale(lo: float, hi: float, a: float, b: float):  # noqa: ANN202
     return lambda v: a + (v - lo) / span * (b - a)
 
 
+def _frame(title: str, width: int, height: int, left: float, right: float, top: float,
+           bottom: float) -> list[str]:
+    """The opening of a chart: the svg element, its title and the two axes."""
+    return [f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+            f'role="img" aria-label="{escape(title)}">',
+            f'<text x="{left}" y="14" class="ctitle">{escape(title)}</text>',
+            f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" class="axis"/>',
+            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" class="axis"/>']
+
+
+def _with_legend(parts: list[str], names: list[str]) -> str:
+    """Close the svg and add a colour key, one entry per series in palette order."""
+    legend = "".join(f'<span class="key"><i style="background:{PALETTE[k % len(PALETTE)]}"></i>'
+                     f'{escape(name)}</span>' for k, name in enumerate(names))
+    return f'<figure class="chart">{"".join(parts)}</svg><figcaption>{legend}</figcaption></figure>'
+
+
 def line_chart(title: str, xs: list[int | str], series: dict[str, list[float | None]],
                y_label: str = "", width: int = 360, height: int = 220,
                dashed: tuple[str, ...] = ()) -> str:
@@ -33,11 +50,7 @@ def line_chart(title: str, xs: list[int | str], series: dict[str, list[float | N
     left, right, top, bottom = 46, width - 10, 24, height - 34
     sx = _scale(0, max(1, len(xs) - 1), left, right)
     sy = _scale(lo, hi, bottom, top)
-    parts = [f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-             f'role="img" aria-label="{escape(title)}">',
-             f'<text x="{left}" y="14" class="ctitle">{escape(title)}</text>',
-             f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" class="axis"/>',
-             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" class="axis"/>']
+    parts = _frame(title, width, height, left, right, top, bottom)
     for tick in (lo, (lo + hi) / 2, hi):
         parts.append(f'<text x="{left - 4}" y="{sy(tick) + 4:.1f}" class="tick" '
                      f'text-anchor="end">{tick:.3g}</text>')
@@ -57,10 +70,7 @@ def line_chart(title: str, xs: list[int | str], series: dict[str, list[float | N
                          f'stroke-width="2"{dash}/>')
         for x, y in points:
             parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>')
-    legend = "".join(f'<span class="key"><i style="background:{PALETTE[k % len(PALETTE)]}"></i>'
-                     f'{escape(name)}</span>' for k, name in enumerate(series))
-    parts.append("</svg>")
-    return f'<figure class="chart">{"".join(parts)}<figcaption>{legend}</figcaption></figure>'
+    return _with_legend(parts, list(series))
 
 
 def bar_chart(title: str, bars: list[tuple[str, float | None, tuple[float, float] | None]],
@@ -106,7 +116,7 @@ def scatter_chart(title: str, groups: dict[str, list[tuple[float, float, str]]],
                   x_label: str = "", y_label: str = "", width: int = 420,
                   height: int = 300) -> str:
     """Points coloured by group: ``{group: [(x, y, tooltip)]}``; non-finite points dropped."""
-    pts = {g: [(x, y, t) for x, y, t in ps if _finite([x, y]) == [x, y]]
+    pts = {g: [(x, y, t) for x, y, t in ps if math.isfinite(x) and math.isfinite(y)]
            for g, ps in groups.items()}
     xs = [x for ps in pts.values() for x, _, _ in ps]
     ys = [y for ps in pts.values() for _, y, _ in ps]
@@ -115,11 +125,7 @@ def scatter_chart(title: str, groups: dict[str, list[tuple[float, float, str]]],
     (x0, x1), (y0, y1) = _span(xs), _span(ys)
     left, right, top, bottom = 50, width - 10, 24, height - 36
     sx, sy = _scale(x0, x1, left, right), _scale(y0, y1, bottom, top)
-    parts = [f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-             f'role="img" aria-label="{escape(title)}">',
-             f'<text x="{left}" y="14" class="ctitle">{escape(title)}</text>',
-             f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" class="axis"/>',
-             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" class="axis"/>']
+    parts = _frame(title, width, height, left, right, top, bottom)
     for tick in (y0, (y0 + y1) / 2, y1):
         parts.append(f'<text x="{left - 4}" y="{sy(tick) + 4:.1f}" class="tick" '
                      f'text-anchor="end">{tick:.3g}</text>')
@@ -134,10 +140,7 @@ def scatter_chart(title: str, groups: dict[str, list[tuple[float, float, str]]],
         for x, y, tip in ps:
             parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3.5" fill="{color}" '
                          f'opacity="0.75"><title>{escape(tip)}</title></circle>')
-    legend = "".join(f'<span class="key"><i style="background:{PALETTE[k % len(PALETTE)]}"></i>'
-                     f'{escape(name)}</span>' for k, name in enumerate(pts))
-    parts.append("</svg>")
-    return f'<figure class="chart">{"".join(parts)}<figcaption>{legend}</figcaption></figure>'
+    return _with_legend(parts, list(pts))
 
 
 def _span(values: list[float]) -> tuple[float, float]:

@@ -13,7 +13,7 @@ import math
 from collections import defaultdict
 from typing import Any
 
-from lensbias.report.render import esc, fmt, fmt_ci
+from lensbias.report.render import esc, fmt, fmt_ci, sortable_table
 from lensbias.report.static import CSS, JS
 from lensbias.report.svg import bar_chart, line_chart, scatter_chart
 
@@ -76,18 +76,17 @@ def _interaction(inter: dict[str, Any]) -> str:
             + "".join(f"<td>{fmt(m.get(k))}</td>" for k in
                       ("code|code", "code|prose", "prose|code", "prose|prose"))
             + f"<td>{esc(r.get('n_seeds'))}</td></tr>")
-    head = "".join(f"<th data-col='{i}'>{h}</th>" for i, h in enumerate(
-        ["method", "param", "level", "interaction", "95% CI", "S(code | code calib)",
-         "S(code | prose calib)", "S(prose | code calib)", "S(prose | prose calib)", "seeds"]))
+    table = sortable_table("interaction-table", [
+        "method", "param", "level", "interaction", "95% CI", "S(code | code calib)",
+        "S(code | prose calib)", "S(prose | code calib)", "S(prose | prose calib)", "seeds"],
+        body)
     bars = [(f"{r.get('method')}:{r.get('level')}", r.get("interaction"), r.get("ci"))
             for r in rows if r.get("interaction") is not None]
     chart = bar_chart("Interaction (> 0: calibration protects its own domain)", bars,
                       width=max(480, 96 * len(bars) + 60))
     return (f"<section id='interaction'><h2>Calibration × concept domain</h2>"
             f"<p>{esc(inter.get('definition', ''))}; S is mean survival. Interval: percentile "
-            f"bootstrap over seeds and concepts.</p>{chart}"
-            f"<table id='interaction-table' class='sortable'><thead><tr>{head}</tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table></section>")
+            f"bootstrap over seeds and concepts.</p>{chart}{table}</section>")
 
 
 def _curves(curves: dict[str, Any]) -> str:
@@ -110,14 +109,12 @@ def _curves(curves: dict[str, Any]) -> str:
                 f"<td>{fmt(c.get('collapse_level'))}</td></tr>")
         charts.append(line_chart(f"{method}: survival vs {param} (harder →)", levels, series,
                                  y_label="mean survival"))
-    head = "".join(f"<th data-col='{i}'>{h}</th>" for i, h in enumerate(
-        ["method", "calib", "concepts", "level", "collapse level"]))
+    table = sortable_table("collapse-table",
+                           ["method", "calib", "concepts", "level", "collapse level"], collapse)
     return (f"<section id='curves'><h2>Phase curves</h2><p>Mean survival per level, read "
             f"towards harder compression; the collapse level is where it first drops below "
             f"{fmt(curves.get('threshold'), 2)} (interpolated; – if never).</p>"
-            f"<div class='charts'>{''.join(charts)}</div>"
-            f"<table id='collapse-table' class='sortable'><thead><tr>{head}</tr></thead>"
-            f"<tbody>{''.join(collapse)}</tbody></table></section>")
+            f"<div class='charts'>{''.join(charts)}</div>{table}</section>")
 
 
 def _scatter(av: dict[str, Any]) -> str:
@@ -143,24 +140,23 @@ def _models(view: dict[str, Any]) -> str:
     rows = view.get("rows", [])
     if not rows:
         return ""
-    body = "".join(
+    body = [
         f"<tr><td>{esc(r.get('model'))}</td><td>{esc(r.get('domain'))}</td>"
         f"<td>{fmt(r.get('bpb_a'))}</td><td>{fmt(r.get('acc_a'))}</td>"
         f"<td>{fmt(r.get('gain'))}</td><td class='ci'>{fmt_ci(r.get('gain_ci'))}</td>"
         f"<td>{fmt(r.get('survival'))}</td><td class='ci'>{fmt_ci(r.get('survival_ci'))}</td>"
-        f"</tr>" for r in rows)
-    head = "".join(f"<th data-col='{i}'>{h}</th>" for i, h in enumerate(
-        ["model", "domain", "bits/byte A", "probe acc A", "acc − majority", "CI",
-         "survival", "CI"]))
+        f"</tr>" for r in rows]
+    table = sortable_table("model-table", [
+        "model", "domain", "bits/byte A", "probe acc A", "acc − majority", "CI",
+        "survival", "CI"], body)
     bars = [(f"{r.get('model')} {r.get('domain')}", r.get("gain"), r.get("gain_ci"))
             for r in rows]
     chart = bar_chart("Probe accuracy above majority, per model and domain", bars,
                       width=max(480, 130 * len(bars) + 60))
     return (f"<section id='models'><h2>Original models: training data</h2><p>Each original "
             f"model's bits per byte on held-out text of a domain (lower: compresses it "
-            f"better) beside its probe accuracy on that domain's concepts.</p>{chart}"
-            f"<table id='model-table' class='sortable'><thead><tr>{head}</tr></thead>"
-            f"<tbody>{body}</tbody></table></section>")
+            f"better) beside its probe accuracy on that domain's concepts.</p>{chart}{table}"
+            f"</section>")
 
 
 def _method(r: dict[str, Any]) -> str:
@@ -178,8 +174,7 @@ def _cells(rows: list[dict[str, Any]], linked: set[str] | None) -> str:
     body = []
     for cid, c in per.items():
         r = c["row"]
-        mean = {d: (sum(v) / len(v) if v else None) for d in ("code", "prose")
-                for v in [c[d]]}
+        mean = {d: sum(c[d]) / len(c[d]) if c[d] else None for d in ("code", "prose")}
         body.append(
             f"<tr><td>{esc(r.get('model'))}</td><td>{esc(_method(r))}</td>"
             f"<td>{fmt(r.get('level'))}</td><td>{esc(r.get('calib'))}</td>"
@@ -188,11 +183,9 @@ def _cells(rows: list[dict[str, Any]], linked: set[str] | None) -> str:
             f"<td>{fmt(r.get('bpb_b_prose'))}</td><td>{fmt(r.get('cell_seconds'), 1)}</td>"
             + (f"<td><a href='cells/{esc(cid)}/report.html'>{esc(cid)}</a></td></tr>"
                if linked is None or cid in linked else f"<td>{esc(cid)}</td></tr>"))
-    head = "".join(f"<th data-col='{i}'>{h}</th>" for i, h in enumerate(
-        ["model", "method", "level", "calib", "seed", "survival code", "survival prose",
-         "bits/byte B code", "bits/byte B prose", "seconds", "cell report"]))
+    table = sortable_table("cell-table", [
+        "model", "method", "level", "calib", "seed", "survival code", "survival prose",
+        "bits/byte B code", "bits/byte B prose", "seconds", "cell report"], body)
     return (f"<section id='cells'><h2>Cells</h2>"
             f"<input id='cell-filter' data-filter='cell-table' type='search' "
-            f"placeholder='filter cells'>"
-            f"<table id='cell-table' class='sortable'><thead><tr>{head}</tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table></section>")
+            f"placeholder='filter cells'>{table}</section>")

@@ -176,14 +176,8 @@ def _write(path: Path, lm: LoadedModel, dataset: ConceptDataset, hooks: tuple[st
             rows = [(b, p) for b, w in enumerate(windows) for p in w.keep]
             index_b = torch.tensor([r[0] for r in rows])
             index_p = torch.tensor([r[1] for r in rows])
-            for hook, value in got.items():
-                kept = value[index_b, index_p].to("cpu", getattr(torch, config.dtype))
-                if hook not in acts.datasets:
-                    acts.create(hook, kept, config.dtype)
-                acts.add(hook, kept.flatten(1).numpy())
-            acts.rows += len(rows)
-            if acts.full():
-                acts.flush()
+            acts.append({hook: value[index_b, index_p].to("cpu", getattr(torch, config.dtype))
+                         for hook, value in got.items()}, config.dtype)
             columns.append(batch)
             bar.update(windows[-1].example + 1 - done_examples)
             done_examples = windows[-1].example + 1
@@ -217,22 +211,26 @@ class _Acts:
     BUFFER_BYTES = 16 << 20
 
     def __init__(self, f: h5py.File):
-        self.f, self.rows, self.written = f, 0, 0
+        self.f, self.rows, self.written, self.nbytes = f, 0, 0, 0
         self.datasets: dict[str, h5py.Dataset] = {}
         self.parts: dict[str, list[np.ndarray]] = {}
 
-    def create(self, hook: str, kept: torch.Tensor, dtype: str) -> None:
-        width = kept[0].numel()
-        ds = self.f.create_dataset(f"acts/{hook}", shape=(0, width), maxshape=(None, width),
-                                   dtype=dtype, chunks=(1024, width))
-        ds.attrs["shape"] = list(kept.shape[1:])  # e.g. [n_heads, d_head]
-        self.datasets[hook], self.parts[hook] = ds, []
-
-    def add(self, hook: str, block: np.ndarray) -> None:
-        self.parts[hook].append(block)
-
-    def full(self) -> bool:
-        return sum(p.nbytes for parts in self.parts.values() for p in parts) >= self.BUFFER_BYTES
+    def append(self, kept: dict[str, torch.Tensor], dtype: str) -> None:
+        """One batch's kept rows per hook (``[rows, *shape]``); flushes when the buffer is full."""
+        for hook, value in kept.items():
+            if hook not in self.datasets:
+                width = value[0].numel()
+                ds = self.f.create_dataset(f"acts/{hook}", shape=(0, width),
+                                           maxshape=(None, width), dtype=dtype,
+                                           chunks=(1024, width))
+                ds.attrs["shape"] = list(value.shape[1:])  # e.g. [n_heads, d_head]
+                self.datasets[hook], self.parts[hook] = ds, []
+            block = value.flatten(1).numpy()
+            self.parts[hook].append(block)
+            self.nbytes += block.nbytes
+        self.rows += len(next(iter(kept.values())))
+        if self.nbytes >= self.BUFFER_BYTES:
+            self.flush()
 
     def flush(self) -> None:
         for hook, parts in self.parts.items():
@@ -241,7 +239,7 @@ class _Acts:
                 ds.resize(self.rows, axis=0)
                 ds[self.written:self.rows] = np.concatenate(parts)
                 self.parts[hook] = []
-        self.written = self.rows
+        self.written, self.nbytes = self.rows, 0
 
 
 class _Columns:
