@@ -29,10 +29,9 @@ from lensbias.compress import CalibConfig, Recipe, Targets
 from lensbias.diff import DiffConfig, run_diff
 from lensbias.errors import LensbiasError
 from lensbias.sweep.config import Cell, SweepConfig, cells
-from lensbias.sweep.execute import cpu_cores, run_pool, run_ray
+from lensbias.sweep.execute import run_pool, run_ray
 from lensbias.sweep.table import write_table
 
-__all__ = ["cpu_cores", "read_results", "run_cell", "run_sweep"]
 EXECUTORS = ("local", "ray")
 
 RESULTS = "results.jsonl"
