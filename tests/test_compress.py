@@ -57,6 +57,25 @@ def test_magnitude_matches_torch_l1_unstructured():
     assert torch.equal(ours != 0, module.weight_mask.bool())
 
 
+
+@pytest.mark.parametrize("nm", ["2:4", "1:4", "3:8"])
+def test_magnitude_nm_keeps_the_largest_n_of_every_m(nm):
+    n, m = (int(x) for x in nm.split(":"))
+    w = torch.randn(24, 40, generator=torch.Generator().manual_seed(4))
+    out = Magnitude(nm=nm).compress(w, None)
+    windows_w = w.abs().view(24, 40 // m, m)
+    windows_out = out.view(24, 40 // m, m)
+    kept = windows_out != 0
+    assert (kept.sum(-1) <= n).all() and (kept.sum(-1) == n).all()  # continuous w: no ties
+    assert torch.equal(out[out != 0], w[out != 0])  # kept weights are untouched
+    # each window's kept entries are its n largest |w|: the smallest kept ≥ the largest pruned
+    smallest_kept = windows_w.masked_fill(~kept, float("inf")).min(-1).values
+    largest_pruned = windows_w.masked_fill(kept, -1.0).max(-1).values
+    assert (smallest_kept > largest_pruned).all()
+    assert Magnitude(nm=nm).sparsity == pytest.approx(1 - n / m)
+    with pytest.raises(LensbiasError, match="multiple of"):
+        Magnitude(nm=nm).compress(torch.randn(4, 42), None)
+
 def test_wanda_matches_its_definition():
     gen = torch.Generator().manual_seed(1)
     w = torch.randn(6, 8, generator=gen)

@@ -1,7 +1,7 @@
 """Compress, method family: magnitude pruning (the seed study arXiv 2312.00960's methods).
 
-Unstructured: zero the smallest |W| per matrix (``magnitude``) or across all targeted
-matrices at once (``magnitude-global``). Structured: remove whole MLP neurons or attention
+Unstructured: zero the smallest |W| per matrix (``magnitude``, also N:M such as 2:4) or
+across all targeted matrices at once (``magnitude-global``). Structured: remove whole MLP neurons or attention
 heads with the smallest Ln norm (``magnitude-neurons``, ``magnitude-heads``).
 """
 
@@ -36,14 +36,25 @@ def smallest_mask(scores: Tensor, n_prune: int) -> Tensor:
 
 @register
 class Magnitude(MatrixMethod):
-    """Zero the ``sparsity`` fraction of smallest-|W| weights of each matrix."""
+    """Zero the ``sparsity`` fraction of smallest-|W| weights of each matrix, or (``nm="2:4"``)
+    keep the N largest |W| of every M consecutive inputs of each output row.
+
+    N:M follows locuslab/wanda ``prune_magnitude`` with ``prune_n``/``prune_m``: windows are
+    the absolute column windows ``[k·M, (k+1)·M)`` of the ``[out, in]`` matrix, and the
+    M − N smallest |W| of each are zeroed (ties: ``torch.topk``'s order); 2:4 is the pattern
+    sparse tensor cores run. The reference's ``prune_n`` counts pruned weights; ``nm`` here
+    counts kept ones, as for wanda and sparsegpt (2:4 is the same either way).
+    """
 
     name = "magnitude"
 
-    def __init__(self, sparsity: float = 0.5):
-        self.sparsity = check_sparsity(sparsity)
+    def __init__(self, sparsity: float = 0.5, nm: str | None = None):
+        self.nm = parse_nm(nm)
+        self.sparsity = check_sparsity(sparsity) if self.nm is None else 1 - self.nm[0] / self.nm[1]
 
     def compress(self, weight: Tensor, stats: Any) -> Tensor:
+        if self.nm is not None:
+            return weight.masked_fill(nm_mask(weight.abs(), *self.nm), 0.0)
         n_prune = int(round(weight.numel() * self.sparsity))
         return weight.masked_fill(smallest_mask(weight.abs(), n_prune), 0.0)
 
