@@ -148,3 +148,53 @@ def test_end_to_end_on_tiny_model(bpe):
     assert not torch.equal(new, old)
     assert max(len(torch.unique(row)) for row in new) <= 16
     assert quant.stored_bits["blocks.0.mlp.W_in"] == 4 * new.numel() + (16 + 4) * new.shape[0]
+
+
+def reference_hessian(seqs: list[torch.Tensor], percdamp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """IST-DASLab ``add_batch`` + ``fasterquant``'s preparation, written out: one sample per
+    call (tmp = 1), H *= nsamples / (nsamples + tmp); inp *= sqrt(2 / nsamples); H += inp inpᵀ;
+    then dead = diag(H) == 0 → H[dead, dead] = 1; damp = percdamp · mean(diag H)."""
+    d = seqs[0].shape[1]
+    h = torch.zeros(d, d, dtype=torch.float64)
+    nsamples = 0
+    for seq in seqs:
+        tmp = 1
+        h *= nsamples / (nsamples + tmp)
+        nsamples += tmp
+        inp = (2 / nsamples) ** 0.5 * seq.double().T  # [d, tokens]
+        h += inp @ inp.T
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    h += percdamp * torch.mean(torch.diag(h)) * torch.eye(d, dtype=torch.float64)
+    return h, dead
+
+
+def test_hessian_scale_matches_the_reference_with_dead_inputs(problem):
+    """H = 2XᵀX / n_sequences (not n_tokens): with dead inputs the dead H_ii = 1 and the
+    damping are then exactly the reference's; with /n_tokens the damped H differs."""
+    _, x_tok_in, _ = problem
+    x_dead = x_tok_in.clone()
+    x_dead[:, [3, 40]] = 0.0
+    seqs = list(x_dead.view(16, TOKENS // 16, IN))  # 16 sequences of 128 tokens
+    stats = InputStats(IN)
+    for batch in (seqs[:5], seqs[5:]):  # batches of sequences, as the driver feeds them
+        stats.update(torch.cat(batch), seqs=len(batch))
+    assert stats.n_seqs == 16 and stats.n == TOKENS
+    weight = torch.randn(OUT, IN, generator=torch.Generator().manual_seed(5))
+    ours, w_zeroed = prepare_hessian(stats, weight, 0.01)
+    ref, dead = reference_hessian(seqs, 0.01)
+    assert dead.tolist() == [i in (3, 40) for i in range(IN)]
+    # XᵀX is a float32 product per batch (as in the reference), the reference here float64
+    scale = float(ref.abs().max())
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6 * scale)
+    assert ours[3, 3] == pytest.approx(float(ref[3, 3]), rel=1e-6)  # 1 + damping
+    assert (w_zeroed[:, dead] == 0).all()
+    # the per-token scale (the previous behaviour) is not the reference's damped H
+    per_token = prepare_hessian(2.0 * stats.xtx / stats.n, weight, 0.01)[0]
+    rescaled = per_token * (TOKENS / 16)  # same live entries, dead H_ii = 1 scaled by 128
+    seq_len = TOKENS // 16  # dead: seq_len + damp' vs 1 + damp, damp' − damp from 2 dead entries
+    gap = (seq_len - 1) * (1 + 0.01 * 2 / IN)
+    assert float(rescaled[3, 3] - ref[3, 3]) == pytest.approx(gap, rel=1e-3)
+    # act-order ranks the dead columns (H_ii = 1) against live ones at the reference's scale
+    ref_order = torch.argsort(torch.diag(ref), descending=True, stable=True)
+    assert torch.equal(act_order_perm(stats.hessian), ref_order)

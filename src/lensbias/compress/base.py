@@ -231,7 +231,7 @@ def _block_stats(method: MatrixMethod, model: torch.nn.Module, layer: int,
         _, got = adapter.run_block(model, layer, r, hooks)
         for h in hooks:
             flat = got[h].reshape(-1, got[h][0, 0].numel())
-            stats.setdefault(h, InputStats(flat.shape[1], method.needs_xtx)).update(flat)
+            stats.setdefault(h, InputStats(flat.shape[1], method.needs_xtx)).update(flat, len(r))
     return stats
 
 
@@ -240,7 +240,7 @@ def _accumulate(acts: dict[str, list[Tensor]], with_xtx: bool) -> dict[str, Inpu
     for hook, parts in acts.items():
         for a in parts:
             flat = a.reshape(-1, a.shape[-1])
-            stats.setdefault(hook, InputStats(flat.shape[1], with_xtx)).update(flat)
+            stats.setdefault(hook, InputStats(flat.shape[1], with_xtx)).update(flat, len(a))
     return stats
 
 

@@ -2,7 +2,8 @@
 
 ``calibration_tokens`` draws ``n_seqs`` windows of ``seq_len`` tokens from a domain's text
 with a seeded generator (same seed, same tokens); ``collect_inputs`` runs the model over
-them and accumulates what compressors need per input hook: XᵀX, Σ|x|, Σx².
+them and accumulates what compressors need per input hook: XᵀX, Σ|x|, Σx², and the
+token and sequence counts.
 """
 
 from __future__ import annotations
@@ -111,14 +112,20 @@ class InputStats:
 
     def __init__(self, d: int, with_xtx: bool = True):
         self.n = 0
+        """Tokens seen (rows of every ``update``)."""
+        self.n_seqs = 0
+        """Sequences seen: the count the references divide the Hessian by."""
         self.xtx: Float[Tensor, "d d"] | None = (torch.zeros(d, d, dtype=torch.float64)
                                                  if with_xtx else None)
         self.abs_sum: Float[Tensor, " d"] = torch.zeros(d, dtype=torch.float64)
         self.sq_sum: Float[Tensor, " d"] = torch.zeros(d, dtype=torch.float64)
 
-    def update(self, x: Float[Tensor, "tokens d"]) -> None:
+    def update(self, x: Float[Tensor, "tokens d"], seqs: int = 1) -> None:
+        """Add ``x``, the flattened tokens of ``seqs`` calibration sequences (default 1: the
+        references' ``add_batch`` counts a 2-D input as one sample)."""
         x = x.to(torch.float32)
         self.n += x.shape[0]
+        self.n_seqs += int(seqs)
         if self.xtx is not None:  # float32 product per batch, float64 running sum
             self.xtx += (x.T @ x).to(torch.float64)
         self.abs_sum += x.abs().sum(0, dtype=torch.float64)
@@ -126,10 +133,12 @@ class InputStats:
 
     @property
     def hessian(self) -> Float[Tensor, "d d"]:
-        """SparseGPT/GPTQ's H = (2/n) XᵀX."""
+        """SparseGPT/GPTQ's H = (2/N) XᵀX with N the number of calibration *sequences*, as
+        their ``add_batch`` (``H *= nsamples / (nsamples + tmp)``, ``tmp = inp.shape[0]``)
+        computes it; X holds every token of those sequences."""
         if self.xtx is None:
             raise ValueError("these statistics were collected without XᵀX")
-        return 2.0 * self.xtx / max(self.n, 1)
+        return 2.0 * self.xtx / max(self.n_seqs, 1)
 
     @property
     def col_norm(self) -> Float[Tensor, " d"]:
@@ -154,5 +163,5 @@ def collect_inputs(model: torch.nn.Module, tokens: Tensor, hooks: Sequence[str],
         mask = torch.ones_like(batch) if encoder else None
         for hook, act in adapter.run_hooks(model, batch, unique, attention_mask=mask).items():
             flat = act.reshape(-1, act[0, 0].numel())
-            stats.setdefault(hook, InputStats(flat.shape[1], with_xtx)).update(flat)
+            stats.setdefault(hook, InputStats(flat.shape[1], with_xtx)).update(flat, len(act))
     return stats

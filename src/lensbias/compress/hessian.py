@@ -1,8 +1,14 @@
 """Compress, method family: the second-order machinery SparseGPT and GPTQ share.
 
-The layer-wise Hessian H = (2/n) XᵀX of ‖W X‖² with dead inputs fixed and the diagonal damped
+The layer-wise Hessian H = (2/N) XᵀX of ‖W X‖² with dead inputs fixed and the diagonal damped
 (IST-DASLab ``fasterprune`` / ``fasterquant``), the upper Cholesky factor of H⁻¹ their column
 sweeps read, and the layer-wise reconstruction error on the calibration inputs.
+
+N is the number of calibration sequences, as in the references (``InputStats.hessian``), not
+the number of tokens: the two differ by the factor seq_len, which cancels in the sweeps
+except where H meets a constant, the dead inputs' H_ii = 1. That 1 enters the damping
+(percdamp · mean(diag H)), the OBS updates through H⁻¹ and act-order's ranking of columns,
+so the scale is the reference's.
 
 Everything here is float64: H is accumulated in float64 by ``InputStats``, and the factors
 stay float64 so the column sweeps propagate errors without float32 round-off (the reference
