@@ -15,7 +15,7 @@ from conftest import make_lm
 from lensbias.compress.base import Recipe, compress, make_method
 from lensbias.compress.calib import CalibConfig, InputStats
 from lensbias.compress.linear import linear_views
-from lensbias.compress.quant import rtn
+from lensbias.compress.quant import minmax_rtn, rtn
 from lensbias.errors import LensbiasError
 
 M, N, TOKENS = 48, 64, 1024
@@ -125,7 +125,7 @@ def test_awq_beats_rtn(problem, bits, group_size):
     params = {"bits": bits, "group_size": group_size}
     method = make_method("awq", params)
     alpha, out, history = method.search(weight, stats)
-    plain = rtn(weight, bits, False, group_size)
+    plain = minmax_rtn(weight, bits, False, group_size)  # α = 0 on llm-awq's grid
     assert history[0] == pytest.approx(layer_error(plain, weight, x), rel=1e-6)
     assert layer_error(out, weight, x) <= layer_error(plain, weight, x)
     assert layer_error(out, weight, x) < 0.8 * layer_error(plain, weight, x)
@@ -139,13 +139,87 @@ def test_awq_on_uniform_inputs_never_worse(problem):
     stats = InputStats(N)
     stats.update(x)
     out = run("awq", {"bits": 3}, weight, stats)
-    assert layer_error(out, weight, x) <= layer_error(rtn(weight, 3, False, -1), weight, x) + 1e-9
+    plain = minmax_rtn(weight, 3, False, -1)
+    assert layer_error(out, weight, x) <= layer_error(plain, weight, x) + 1e-9
+    on_gptq_grid = run("awq", {"bits": 3, "grid": "gptq"}, weight, stats)
+    assert layer_error(on_gptq_grid, weight, x) <= layer_error(rtn(weight, 3, False, -1),
+                                                               weight, x) + 1e-9
+
+
+def reference_pseudo_quantize(w: torch.Tensor, n_bit: int, q_group_size: int) -> torch.Tensor:
+    """llm-awq ``pseudo_quantize_tensor(w, n_bit, zero_point=True, q_group_size)``, written out."""
+    shape = w.shape
+    if q_group_size > 0:
+        w = w.reshape(-1, q_group_size)
+    max_val = w.amax(dim=1, keepdim=True)
+    min_val = w.amin(dim=1, keepdim=True)
+    max_int, min_int = 2 ** n_bit - 1, 0
+    scales = (max_val - min_val).clamp(min=1e-5) / max_int
+    zeros = (-torch.round(min_val / scales)).clamp_(min_int, max_int)
+    w = (torch.clamp(torch.round(w / scales) + zeros, min_int, max_int) - zeros) * scales
+    return w.reshape(shape)
+
+
+@pytest.mark.parametrize("bits, group_size", [(4, -1), (3, 16), (8, -1)])
+def test_awq_grid_is_llm_awq_min_max(bits, group_size):
+    """On all-positive rows llm-awq's grid spans min..max; RTN's (GPTQ's) is stretched to 0."""
+    gen = torch.Generator().manual_seed(2)
+    w = torch.rand(M, N, generator=gen) + 0.5  # every entry in [0.5, 1.5)
+    ours = minmax_rtn(w, bits, False, group_size)
+    ref = reference_pseudo_quantize(w, bits, group_size)
+    assert torch.equal(ours, ref)
+    through_zero = rtn(w, bits, False, group_size)
+    assert (through_zero != ref).float().mean() > 0.5  # the two grids really differ
+    # the reference clamps the zero point to [0, 2^b − 1]: a row with min > 0 gets zero 0, so
+    # its levels are k · (max − min) / (2^b − 1) and entries above max − min are clipped
+    top = (w.amax(1, keepdim=True) - w.amin(1, keepdim=True)) if group_size == -1 else None
+    if top is not None:
+        assert (ours <= top + 1e-6).all() and (ours >= 0).all()
+    # and AWQ's α = 0 candidate is exactly that quantizer
+    method = make_method("awq", {"bits": bits, "group_size": group_size})
+    assert torch.equal(method.scaled_quant(w, torch.ones(N)), ref)
+    mixed = torch.randn(M, N, generator=gen)  # rows through 0: min..max already covers 0
+    mixed[:, 0], mixed[:, 1] = -3.0, 3.0  # every row and group of 16 holds both signs
+    mixed[:, 16], mixed[:, 17] = -3.0, 3.0
+    mixed[:, 32], mixed[:, 33], mixed[:, 48], mixed[:, 49] = -3.0, 3.0, -3.0, 3.0
+    ref_mixed = reference_pseudo_quantize(mixed, bits, group_size)
+    assert torch.equal(minmax_rtn(mixed, bits, False, group_size), ref_mixed)
+    assert torch.allclose(rtn(mixed, bits, False, group_size), ref_mixed, atol=1e-6)
+
+
+def test_awq_calibrates_every_block_on_the_full_precision_model(bpe, monkeypatch):
+    """llm-awq's run_awq: block i's inputs come from the original blocks before it."""
+    from lensbias.compress.calib import calibration_tokens, collect_inputs
+
+    lm = make_lm(bpe)
+    calib = CalibConfig("prose", n_seqs=4, seq_len=16)
+    seen: dict[int, list[torch.Tensor]] = {}
+    original = awq.AWQ.compress
+
+    def spy(self, weight, stats):
+        seen.setdefault(id(self), []).append(stats.mean_abs.clone())
+        return original(self, weight, stats)
+
+    monkeypatch.setattr(awq.AWQ, "compress", spy)
+    views = Recipe("awq").targets.select(linear_views(lm.model))
+    hooks = [v.input_hook for v in views]
+    full = collect_inputs(lm.model, calibration_tokens(lm, calib), hooks)
+    for mode, same in (("original", True), ("compressed", False)):
+        seen.clear()
+        compress(lm, Recipe("awq", {"bits": 2, "calib_inputs": mode}, calib=calib))
+        got = next(iter(seen.values()))
+        assert len(got) == len(views)
+        last = [(v, g) for v, g in zip(views, got) if v.layer == max(w.layer for w in views)]
+        for view, mean_abs in last:
+            close = torch.allclose(mean_abs, full[view.input_hook].mean_abs, rtol=1e-4, atol=1e-6)
+            assert close == same, (mode, view.param)
 
 
 @pytest.mark.parametrize("name, params", [
     ("svd", {"rank_ratio": 0.0}), ("svd", {"rank_ratio": 1.5}), ("svd-llm", {"rank_ratio": -0.1}),
     ("asvd", {"rank_ratio": 0.5, "alpha": -1.0}), ("asvd", {"rank": 3}),
-    ("awq", {"bits": 5}), ("awq", {"group_size": 1}),
+    ("awq", {"bits": 5}), ("awq", {"group_size": 1}), ("awq", {"grid": "minmax"}),
+    ("awq", {"calib_inputs": "quantized"}),
 ])
 def test_bad_args(name, params):
     with pytest.raises(LensbiasError):

@@ -5,7 +5,8 @@ salient channels (large activations) get a finer grid. As in the reference, s is
 1e-4 and normalised by sqrt(max(s)·min(s)), and α runs over the 20 points 0, 0.05, .., 0.95
 (``range(20) / 20``); the best α minimises this matrix's output error on calibration
 inputs, trace(ΔW XᵀX ΔWᵀ) / n with ΔW = Q(W·diag(s))·diag(s)⁻¹ − W. α = 0 gives s = 1, plain RTN,
-and is tried first (ties keep it), so AWQ's error is never above RTN's.
+and is tried first (ties keep it), so AWQ's error is never above plain round-to-nearest's
+on the same grid.
 
 Simplifications, for analysis: the reference scores α by the output MSE of the whole
 module (attention / MLP) that the scaled matrices feed, searches one α jointly for matrices
@@ -14,6 +15,16 @@ then also searches a weight clipping range (``auto_clip``). Here each matrix get
 by its own output error, no clipping, and the weight is stored dequantized,
 Q(W·diag(s))·diag(s)⁻¹: the same function the folded model computes. ``stored_bits`` is
 RTN's (the per-channel scales fold away into the previous op, as in the reference).
+
+Followed from the reference by default (``grid`` and ``calib_inputs`` offer the alternative):
+
+* ``grid="awq"``: llm-awq's ``pseudo_quantize_tensor`` (``zero_point=True``): each row's (or
+  group's) grid spans its own min..max (``quant.minmax_rtn``). ``grid="gptq"`` is RTN's grid,
+  stretched to include 0 (``quant.fit_grid``); on rows of one sign nearly every entry differs.
+* ``calib_inputs="original"``: every block is calibrated on the full-precision model's
+  activations, as ``run_awq`` computes a block's output as the next block's input before it
+  scales or clips that block. ``"compressed"`` feeds each block the already-quantized blocks'
+  outputs (the SparseGPT/GPTQ driver).
 """
 
 from __future__ import annotations
@@ -23,10 +34,13 @@ from torch import Tensor
 
 from lensbias.compress.base import register
 from lensbias.compress.calib import InputStats
-from lensbias.compress.quant import _Quantizer, rtn
+from lensbias.compress.quant import _Quantizer, minmax_rtn, rtn
+from lensbias.errors import LensbiasError
 
 N_GRID = 20
 SCALE_MIN = 1e-4
+GRIDS = ("awq", "gptq")
+CALIB_INPUTS = ("original", "compressed")
 
 
 def awq_scales(abs_mean: Tensor, alpha: float) -> Tensor:
@@ -48,10 +62,26 @@ class AWQ(_Quantizer):
     name = "awq"
     needs_inputs = True
 
+    def __init__(self, bits: int = 4, symmetric: bool = False, group_size: int = -1,
+                 grid: str = "awq", calib_inputs: str = "original"):
+        super().__init__(bits, symmetric, group_size)
+        if grid not in GRIDS:
+            raise LensbiasError(f"awq grid must be one of {', '.join(GRIDS)} (awq: llm-awq's "
+                                f"min..max; gptq: RTN's grid through 0), got {grid!r:.40}")
+        if calib_inputs not in CALIB_INPUTS:
+            raise LensbiasError(f"awq calib_inputs must be one of {', '.join(CALIB_INPUTS)}, "
+                                f"got {calib_inputs!r:.40}")
+        self.grid, self.calib_inputs = grid, calib_inputs
+        self.sequential = calib_inputs == "compressed"
+
+    def quantize(self, weight: Tensor) -> Tensor:
+        """Plain round-to-nearest on the chosen grid (α = 0)."""
+        quant = minmax_rtn if self.grid == "awq" else rtn
+        return quant(weight, self.bits, self.symmetric, self.group_size)
+
     def scaled_quant(self, weight: Tensor, scales: Tensor) -> Tensor:
         """Q(W·diag(s))·diag(s)⁻¹."""
-        q = rtn(weight * scales[None, :], self.bits, self.symmetric, self.group_size)
-        return q / scales[None, :]
+        return self.quantize(weight * scales[None, :]) / scales[None, :]
 
     def search(self, weight: Tensor, stats: InputStats) -> tuple[float, Tensor, list[float]]:
         """``(best α, its dequantized weight, error per grid α)``."""

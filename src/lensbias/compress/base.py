@@ -2,7 +2,8 @@
 
 A ``MatrixMethod`` rewrites one ``[out, in]`` matrix at a time (optionally from its input
 statistics); the driver walks blocks in order and feeds each block the activations of the
-already-compressed blocks before it, as SparseGPT's and Wanda's reference code do. A
+already-compressed blocks before it, as SparseGPT's, Wanda's and GPTQ's reference code do, or,
+for a method with ``sequential = False`` (AWQ, as llm-awq), the full-precision model's. A
 ``ModelMethod`` sees the whole model (global or structured pruning, layer removal, distillation).
 """
 
@@ -31,6 +32,10 @@ class MatrixMethod:
     """True when ``compress`` needs the input statistics (calibration data)."""
     needs_xtx: ClassVar[bool] = True
     """False when the statistics may skip XᵀX (the costly part), e.g. Wanda's column norms."""
+    sequential: bool = True
+    """True: each block is calibrated on the outputs of the already-compressed blocks before
+    it (SparseGPT's, Wanda's, GPTQ's reference code). False: on the full-precision model's
+    block outputs (llm-awq's ``run_awq`` computes the next inputs before touching a block)."""
 
     def compress(self, weight: Tensor, stats: Any) -> Tensor:  # stats: InputStats | None
         raise NotImplementedError
@@ -189,7 +194,8 @@ def compress(lm: LoadedModel, recipe: Recipe) -> Compressed:
 def _run_matrices(method: MatrixMethod, lm: LoadedModel, views: list[LinearView],
                   tokens: Tensor | None) -> dict[str, float]:
     """Compress block by block. With calibration data, each block's input is the output of
-    the already-compressed blocks before it (kept in memory, one block run per layer)."""
+    the already-compressed blocks before it (kept in memory, one block run per layer), or of
+    the full-precision blocks when ``method.sequential`` is False."""
     if method.needs_inputs and any(v.input_hook is None for v in views):
         raise LensbiasError(f"method {method.name} needs input activations; the embedding has "
                             "none: turn embeddings off")
@@ -203,8 +209,11 @@ def _run_matrices(method: MatrixMethod, lm: LoadedModel, views: list[LinearView]
     for layer in range(last + 1):
         group = [v for v in views if v.layer == layer]
         stats = _block_stats(method, model, layer, resid, group)
+        advance = bool(group) or layer < last
+        if resid is not None and advance and not method.sequential:  # before compressing it
+            resid = [adapter.run_block(model, layer, r)[0] for r in resid]
         bits.update(_apply(method, model, group, stats))
-        if resid is not None and (group or layer < last):
+        if resid is not None and advance and method.sequential:
             resid = [adapter.run_block(model, layer, r)[0] for r in resid]
     unembed = [v for v in views if v.group == "unembed"]
     if unembed:

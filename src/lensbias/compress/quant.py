@@ -65,6 +65,35 @@ def rtn(weight: Tensor, bits: int, symmetric: bool, group_size: int) -> Tensor:
     return einops.rearrange(out, "(o g) s -> o (g s)", o=weight.shape[0])
 
 
+def minmax_rtn(weight: Tensor, bits: int, symmetric: bool, group_size: int) -> Tensor:
+    """Round-to-nearest on llm-awq's grid (``pseudo_quantize_tensor``), per row or group.
+
+    Asymmetric (``zero_point=True``, what AWQ runs): the grid spans the row's own min..max,
+    which need not include 0: scale = max(max − min, 1e-5) / (2^b − 1), zero =
+    clamp(−round(min / scale), 0, 2^b − 1), q = (clamp(round(w / scale) + zero, 0, 2^b − 1)
+    − zero) · scale. Symmetric: scale = max(|w|max, 1e-5) / (2^(b−1) − 1), levels
+    −2^(b−1) .. 2^(b−1) − 1. ``fit_grid`` (GPTQ's, used by ``rtn``) instead stretches every
+    grid to cover 0, so on a row whose entries share a sign the two grids differ.
+    """
+    if group_size != -1 and group_size < weight.shape[1]:
+        if weight.shape[1] % group_size:
+            raise LensbiasError(f"group_size {group_size} does not divide the input width "
+                                f"{weight.shape[1]}")
+        groups = einops.rearrange(weight, "o (g s) -> (o g) s", s=group_size)
+        out = minmax_rtn(groups, bits, symmetric, -1)
+        return einops.rearrange(out, "(o g) s -> o (g s)", o=weight.shape[0])
+    if symmetric:
+        max_int, min_int = 2 ** (bits - 1) - 1, -(2 ** (bits - 1))
+        scale = weight.abs().amax(dim=1, keepdim=True).clamp(min=1e-5) / max_int
+        return torch.clamp(torch.round(weight / scale), min_int, max_int) * scale
+    max_int = 2 ** bits - 1
+    w_max = weight.amax(dim=1, keepdim=True)
+    w_min = weight.amin(dim=1, keepdim=True)
+    scale = (w_max - w_min).clamp(min=1e-5) / max_int
+    zero = torch.clamp(-torch.round(w_min / scale), 0, max_int)
+    return (torch.clamp(torch.round(weight / scale) + zero, 0, max_int) - zero) * scale
+
+
 class _Quantizer(MatrixMethod):
     def __init__(self, bits: int = 4, symmetric: bool = False, group_size: int = -1):
         self.bits, self.group_size = check_bits(bits, group_size)
