@@ -80,6 +80,8 @@ def linear_views(model: torch.nn.Module, encoder: bool = False) -> list[LinearVi
         views.append(LinearView(f"{b}.attn.W_O", "attn", layer, f"{b}.attn.hook_z", _ATTN_OUT))
         if f"{b}.mlp.W_in" in params:
             views.append(LinearView(f"{b}.mlp.W_in", "mlp", layer, mlp_in, _MATRIX))
+            if f"{b}.mlp.W_gate" in params:  # gated MLP (Llama, Qwen2, Mistral): same input
+                views.append(LinearView(f"{b}.mlp.W_gate", "mlp", layer, mlp_in, _MATRIX))
             views.append(LinearView(f"{b}.mlp.W_out", "mlp", layer, f"{b}.mlp.hook_post", _MATRIX))
     if "unembed.W_U" in dict(model.named_parameters()) and not encoder:
         final = "ln_final.hook_normalized" if "ln_final.hook_normalized" in hooks else f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
@@ -94,7 +96,7 @@ class Targets:
     attn: bool = True
     """Attention projections W_Q, W_K, W_V, W_O."""
     mlp: bool = True
-    """MLP matrices W_in, W_out."""
+    """MLP matrices W_in, W_out (and W_gate of a gated MLP)."""
     embed: bool = False
     """The token embedding W_E."""
     unembed: bool = False

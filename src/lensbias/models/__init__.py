@@ -35,11 +35,13 @@ class LoadedModel:
     tokenizer: TextTokenizer
     """Tokenizer with character offsets."""
     source: str
-    """'builtin', 'folder', 'minilm' or 'pretrained'."""
+    """'builtin', 'folder', 'minilm', 'pretrained' or 'hf' (a transformers checkpoint)."""
     token_counts: np.ndarray | None = None
     """Training-corpus count of every token id, where known."""
     meta: dict[str, Any] | None = None
     """The folder's config.json (None for hub models)."""
+    recipe: dict[str, Any] | None = None
+    """How a transformers checkpoint says it was compressed (its quantization_config)."""
 
     @property
     def n_ctx(self) -> int:
@@ -71,13 +73,23 @@ def list_models() -> list[tuple[str, str]]:
     return rows
 
 
-def load_model(spec: str | Path, device: str = "cpu") -> LoadedModel:
-    """Load a model by built-in name, folder path or TransformerLens pretrained name."""
+def load_model(spec: str | Path, device: str = "cpu", trust_remote_code: bool = False
+               ) -> LoadedModel:
+    """Load a model by built-in name, folder path (lensbias or transformers checkpoint),
+    TransformerLens pretrained name or Hugging Face hub id (``owner/name``).
+
+    Transformers checkpoints load in float32; their own Python code (``auto_map``) runs
+    only with ``trust_remote_code``.
+    """
+    from lensbias.models import hf
+
     adapter.check_device(device)
     name = str(spec)
     if name in TINY_NAMES:
         return _load_folder(WEIGHTS_DIR / name, name, "builtin", device)
     path = Path(name)
+    if path.is_dir() and hf.is_hf_folder(path):
+        return _load_hf(path, name, device, trust_remote_code)
     if path.is_dir():  # a folder wins over name patterns (".../minilm-pruned/" is a folder)
         return _load_folder(path, name, "folder", device)
     if "minilm" in name.lower():
@@ -85,7 +97,16 @@ def load_model(spec: str | Path, device: str = "cpu") -> LoadedModel:
 
         model, tok = load_minilm()
         return LoadedModel(MINILM_NAME, adapter.to_device(model, device), HFTokenizer(tok), "minilm")
+    if adapter.official_name(name) is None and hf.HUB_ID.match(name):
+        return _load_hf(hf.download(name), name, device, trust_remote_code)
     return _load_pretrained(name, device)
+
+
+def _load_hf(folder: Path, name: str, device: str, trust_remote_code: bool) -> LoadedModel:
+    from lensbias.models.hf import load_hf
+
+    model, tok, meta, recipe = load_hf(folder, trust_remote_code=trust_remote_code)
+    return LoadedModel(name, adapter.to_device(model, device), tok, "hf", None, meta, recipe)
 
 
 def _load_folder(folder: Path, name: str, source: str, device: str) -> LoadedModel:

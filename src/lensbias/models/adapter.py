@@ -72,6 +72,55 @@ def from_pretrained(name: str, device: str = "cpu") -> Any:
         return HookedTransformer.from_pretrained_no_processing(name, device=device).eval()
 
 
+def hf_config(config_dir: str, hf_cfg: dict[str, Any], dtype: torch.dtype = torch.float32,
+              trust_remote_code: bool = False) -> Any:
+    """TransformerLens' HookedTransformerConfig for a Hugging Face config.
+
+    ``config_dir`` holds the config.json TransformerLens reads (the caller makes it: its
+    path must not contain a name such as "llama" that sends TransformerLens down a
+    name-based branch). Raises NotImplementedError for an architecture TransformerLens
+    cannot hook.
+    """
+    from transformer_lens.loading_from_pretrained import get_pretrained_model_config
+
+    kwargs = {"trust_remote_code": True} if trust_remote_code else {}
+    return get_pretrained_model_config(config_dir, hf_cfg=hf_cfg, dtype=dtype, device="cpu",
+                                       **kwargs)
+
+
+def with_config(cfg: Any, **changes: Any) -> Any:
+    """A copy of a HookedTransformerConfig with some fields changed (derived ones recomputed)."""
+    from transformer_lens import HookedTransformerConfig
+
+    return HookedTransformerConfig.from_dict({**cfg.to_dict(), **changes})
+
+
+def hf_weights(config_dir: str, cfg: Any, hf_model: Any) -> dict[str, torch.Tensor]:
+    """A transformers causal LM's weights in TransformerLens names and layout (no processing)."""
+    from transformer_lens.loading_from_pretrained import get_pretrained_state_dict
+
+    with _quiet():
+        return get_pretrained_state_dict(config_dir, cfg, hf_model, dtype=cfg.dtype)
+
+
+def build_from_config(cfg: Any, state_dict: dict[str, torch.Tensor], tokenizer: Any = None,
+                      encoder: bool = False) -> Any:
+    """A HookedTransformer (or HookedEncoder) from a HookedTransformerConfig and converted
+    weights, loaded with no processing: no fold_ln, no centring, no value-bias folding."""
+    from transformer_lens import HookedEncoder, HookedTransformer
+
+    with _quiet():
+        if encoder:
+            model = HookedEncoder(cfg, tokenizer=tokenizer, move_to_device=False)
+            _load_exact(model, state_dict)
+            return model.eval()
+        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+        model.load_and_process_state_dict(state_dict, fold_ln=False, center_writing_weights=False,
+                                          center_unembed=False, fold_value_biases=False,
+                                          refactor_factored_attn_matrices=False)
+    return model.eval()
+
+
 def _load_exact(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
     """Copy weights in, checking every name and shape (buffers such as masks may be absent)."""
     own = model.state_dict()

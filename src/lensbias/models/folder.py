@@ -90,7 +90,10 @@ def read_config(folder: Path) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text())
         meta["transformer_lens_config"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+    except KeyError:
+        raise LensbiasError(f"{path} has neither transformer_lens_config (a lensbias model "
+                            "folder) nor model_type (a transformers checkpoint)") from None
+    except (json.JSONDecodeError, TypeError) as err:
         raise LensbiasError(f"{path}: unreadable model config ({err})") from None
     return meta
 
