@@ -91,6 +91,23 @@ class BPETokenizer:
                                        name_or_path="lensbias-bpe")
 
 
+    def to_pretrained(self) -> Any:
+        """A transformers fast tokenizer that, saved with ``save_pretrained`` and read back
+        with ``AutoTokenizer``, gives this tokenizer's ids, offsets and special mask: BOS
+        comes from the tokenizer's own post-processor, after the same offset trimming
+        (``to_transformers``' BOS template would keep each token's leading space)."""
+        from tokenizers import Tokenizer, processors
+        from transformers import PreTrainedTokenizerFast
+
+        tok = Tokenizer.from_str(self._tok.to_str())
+        tok.post_processor = processors.Sequence([
+            processors.ByteLevel(trim_offsets=True),
+            processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B:1",
+                                          special_tokens=[(BOS, self.bos_id)])])
+        return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=BOS,
+                                       pad_token=BOS, name_or_path="lensbias-bpe")
+
+
 class HFTokenizer:
     """A transformers fast tokenizer (MiniLM's WordPiece, GPT-2's BPE, ...)."""
 
