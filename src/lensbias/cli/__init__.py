@@ -13,6 +13,7 @@ from lensbias import __version__
 from lensbias.cli.cache import cache
 from lensbias.cli.compress import compress
 from lensbias.cli.diff import diff, report
+from lensbias.cli.export import export
 from lensbias.cli.listing import datasets, models
 from lensbias.cli.summary import summary
 from lensbias.cli.sweep import sweep, sweep_report
@@ -28,6 +29,7 @@ def cli() -> None:
 cli.add_command(cache)
 cli.add_command(compress)
 cli.add_command(diff)
+cli.add_command(export)
 cli.add_command(report)
 cli.add_command(models)
 cli.add_command(datasets)
