@@ -214,6 +214,8 @@ def _provenance(a: Any, b: Any, compressed: Any, data: Any, config: DiffConfig, 
         from lensbias.compress.save import read_recipe
 
         recipe = read_recipe(b.name).get("recipe")
+    if recipe is None and getattr(b, "recipe", None) is not None:
+        recipe = b.recipe  # a transformers checkpoint's quantization/sparsity config
     return {"model_a": {"name": a.name, "weights_sha256": a.weights_hash(), "source": a.source},
             "model_b": {"name": b.name, "weights_sha256": b.weights_hash(), "source": b.source},
             "recipe": recipe, "dataset": data.name, "n_examples": len(data.examples),
