@@ -135,7 +135,7 @@ def width_curve(widths: list[int], n_tokens: int, layers: int, device: str, repe
         t_mom = _best(lambda: mo.update(x), repeats)
         cov = mo.cov
         t_eig = _best(lambda: (m.isoscore(cov=cov), m.effective_rank(cov=cov),
-                               m.matrix_entropy(cov), m.compression_metrics(cov)), repeats)
+                               m.matrix_entropy(cov), m.pooled_compression_metrics(cov)), repeats)
         t_cka = _best(lambda: m.linear_cka(x, y), repeats)
         t_aniso = _best(lambda: m.anisotropy(x), repeats)
         got.append((width, t_cache, t_cmp / layers, t_mom, t_eig, t_cka))

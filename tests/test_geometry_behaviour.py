@@ -15,10 +15,10 @@ from conftest import CORPUS, make_lm, word_dataset
 from lensbias.behaviour import BehaviourReport, compare_behaviour, token_losses
 from lensbias.errors import LensbiasError
 from lensbias.geometry import (CrossMoments, GeometryConfig, GeometryReport, Moments,
-                               anisotropy, anisotropy_zscored, compare_geometry,
-                               compression_metrics, effective_rank, isoscore, linear_cka,
-                               matrix_entropy, top_dim_variance_share, track_losses,
-                               twonn_dimension)
+                               SampleMeans, anisotropy, anisotropy_zscored, compare_geometry,
+                               effective_rank, isoscore, linear_cka, matrix_entropy,
+                               pooled_compression_metrics, sample_compression_metrics,
+                               top_dim_variance_share, track_losses, twonn_dimension)
 from lensbias.geometry.compare import METRICS
 from lensbias.geometry.metrics import isoscore_from_variances
 from lensbias.store import ActivationStore, CacheConfig, cache_activations
@@ -101,11 +101,11 @@ def test_cka_properties(gauss):
     assert linear_cka(x, x[:, :8]) < 1.0  # different widths are fine
 
 
-def test_compression_metrics_hand_case():
+def test_pooled_compression_metrics_hand_case():
     # eigenvalues 4, 2, 1, 1 (trace 8) in a rotated basis: λ = (.5, .25, .125, .125)
     q, _ = np.linalg.qr(np.random.default_rng(5).normal(size=(4, 4)))
     cov = q @ np.diag([4.0, 2.0, 1.0, 1.0]) @ q.T
-    got = compression_metrics(cov, k=4)
+    got = pooled_compression_metrics(cov, k=4)
     lam = np.array([0.5, 0.25, 0.125, 0.125])
     assert got["DE"] == pytest.approx(-np.log(lam).sum(), rel=1e-5)
     assert got["SE"] == pytest.approx(-(lam * np.log(lam)).sum(), rel=1e-5)
@@ -113,8 +113,82 @@ def test_compression_metrics_hand_case():
     assert got["anisotropy_k"] == pytest.approx(3.0, rel=1e-5)
     assert got["semantic_cv"] == pytest.approx(got["anisotropy_k"] / got["DE"], rel=1e-12)
     rest = np.array([2.0, 1.0, 1.0]) / 4
-    assert got["razored_de"] == pytest.approx(-np.log(rest).sum(), rel=1e-5)
+    assert got["de_without_top"] == pytest.approx(-np.log(rest).sum(), rel=1e-5)
     assert matrix_entropy(cov) == pytest.approx(got["SE"], rel=1e-5)
+
+
+def test_sample_compression_metrics_hand_case():
+    """One sentence of 8 tokens in 2-D: (±1, 0) three times each, (0, ±1) once each.
+
+    Mean 0, rows already unit: ZᵀZ = diag(6, 2), Σ = diag(6, 2)/7 + ε·I, λ = Σ's diagonal
+    over its trace. The razor removes Z's top direction e₁: six rows become 0 (kept 0), two stay
+    (0, ±1); their mean is 0, so Σ' = diag(0, 2/7) + ε·I. PCS: both eigenvalues = λ_max."""
+    eps = 1e-6
+    x = np.array([[1, 0]] * 3 + [[-1, 0]] * 3 + [[0, 1], [0, -1]], float) * 5.0 + [2.0, -3.0]
+    got = sample_compression_metrics(x, k=4)
+    diag = np.array([6 / 7 + eps, 2 / 7 + eps])
+    lam = diag / diag.sum()
+    de = -np.log(lam).sum()
+    assert got["ch_de"] == pytest.approx(de, rel=1e-9)
+    assert got["ch_se"] == pytest.approx(-(lam * np.log(lam)).sum(), rel=1e-9)
+    assert got["ch_anisotropy_k"] == pytest.approx(lam[0] / lam[1], rel=1e-9)  # K = d // 2 = 1
+    assert got["ch_semantic_cv"] == pytest.approx(lam[0] / lam[1] / de, rel=1e-9)
+    razored = np.array([eps, 2 / 7 + eps]) / (2 / 7 + 2 * eps)
+    assert got["ch_de_razor"] == pytest.approx(-np.log(razored).sum(), rel=1e-9)
+    assert got["ch_de_pcs"] == pytest.approx(-2 * np.log(lam[0]), rel=1e-9)
+
+
+def reference_sample_metrics(emb: np.ndarray, k: int = 4) -> dict[str, float]:
+    """hggzjx/compression_hacking ``MetricLab`` for one sample, written out in torch on the
+    d × d covariance (``normalize``, ``compute_cov``, ``svdvals(cov / trace)``, razors)."""
+    def normalize(e):
+        e = e - e.mean(dim=0)
+        return e / torch.norm(e, p=2, dim=1, keepdim=True)
+
+    def eig_values(e, alpha=1e-6):
+        xx = F.normalize(normalize(e), dim=1)
+        cov = xx.T @ xx / (xx.shape[0] - 1) + alpha * torch.eye(xx.shape[1], dtype=xx.dtype)
+        return torch.linalg.svdvals(cov / torch.trace(cov))
+
+    e = torch.tensor(emb, dtype=torch.float64)
+    lam = eig_values(e)
+    comp = float(-torch.log(lam).nansum())
+    asc = torch.sort(lam)[0]
+    kk = min(k, len(asc) // 2)
+    aniso = sum(float(asc[-j] / asc[j - 1]) for j in range(1, kk + 1)) / kk
+    xc = normalize(e)
+    top = torch.linalg.svd(xc, full_matrices=False)[2].T[:, :1]
+    razored = eig_values(xc - (xc @ top) @ top.T)
+    return {"ch_de": comp, "ch_se": float(-(lam * torch.log(lam)).nansum()),
+            "ch_anisotropy_k": aniso, "ch_semantic_cv": aniso / comp,
+            "ch_de_razor": float(-torch.log(razored).nansum()),
+            "ch_de_pcs": float(-torch.log(torch.ones_like(lam) * lam.max()).nansum())}
+
+
+def test_compression_metrics_are_per_sample_means_as_the_reference():
+    rng = np.random.default_rng(7)
+    mix = rng.normal(size=(12, 12)) * np.linspace(3.0, 0.1, 12)
+    samples = [rng.normal(size=(n, 12)) @ mix + rng.normal(size=12) * 4 for n in (5, 9, 30)]
+    means = SampleMeans(k=4)
+    for sample in samples:
+        ref = reference_sample_metrics(sample)
+        got = sample_compression_metrics(sample)
+        for key, value in ref.items():  # few rows (5 < d) go through the Gram matrix
+            assert got[key] == pytest.approx(value, rel=1e-6), key
+        means.add(sample)
+    means.add(samples[0][:1])  # one token: no covariance, skipped
+    assert means.n == 3
+    expected = {key: np.mean([reference_sample_metrics(x)[key] for x in samples]) for key in ref}
+    for key, value in means.result().items():
+        assert value == pytest.approx(expected[key], rel=1e-6), key
+    # the pooled covariance of all tokens is a different number
+    z = np.concatenate(samples)
+    z = z - z.mean(0)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    pooled = pooled_compression_metrics(z.T @ z / (len(z) - 1))
+    assert abs(pooled["DE"] - means.result()["ch_de"]) > 0.05 * abs(pooled["DE"])
+    with pytest.raises(ValueError):
+        sample_compression_metrics(samples[0][:1])
 
 
 @pytest.fixture(scope="module")
@@ -147,11 +221,24 @@ def test_model_against_itself(cached):
         x = a.activations("blocks.1.hook_resid_post").astype(np.float64)
         assert all_a.metrics["isoscore"] == pytest.approx(isoscore(x), abs=1e-9)
         assert all_a.metrics["effective_rank"] == pytest.approx(effective_rank(x), rel=1e-9)
-        z = x - x.mean(0)
-        z /= np.linalg.norm(z, axis=1, keepdims=True)
-        ref = compression_metrics(z.T @ z / (len(z) - 1))
-        assert all_a.metrics["DE"] == pytest.approx(ref["DE"], rel=1e-9)
-        assert all_a.metrics["razored_de"] == pytest.approx(ref["razored_de"], rel=1e-9)
+        # Compression Hacking: one sample per example (its first 64 rows in the domain), averaged
+        example = a.tokens()["example"]
+        prose = a.labels("domain") == a.classes("domain").index("prose")
+
+        def direct(mask, cap):
+            per = [sample_compression_metrics(x[mask & (example == e)][:cap])
+                   for e in np.unique(example) if (mask & (example == e)).sum() >= 2]
+            return {key: np.mean([p[key] for p in per]) for key in per[0]}
+
+        for domain, mask in (("all", np.ones(len(x), bool)), ("prose", prose)):
+            want = direct(mask, 64)
+            got = report.get("blocks.1.hook_resid_post", domain, "A").metrics
+            for key in ("ch_de", "ch_de_razor", "ch_semantic_cv", "ch_de_pcs"):
+                assert got[key] == pytest.approx(want[key], rel=1e-9), (domain, key)
+        capped = compare_geometry(a, b, GeometryConfig(n_pairs=50, ch_tokens=5))
+        got = capped.get("blocks.1.hook_resid_post", "all", "A").metrics["ch_de"]
+        assert got == pytest.approx(direct(np.ones(len(x), bool), 5)["ch_de"], rel=1e-9)
+        assert got != pytest.approx(all_a.metrics["ch_de"], rel=1e-3)
         # JSON round trip, NaN as null
         data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
         assert GeometryReport.from_dict(data).to_dict() == data

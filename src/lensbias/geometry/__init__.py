@@ -3,12 +3,14 @@ effective rank, Compression Hacking spectra) and how far B's layers still match 
 
 from lensbias.geometry.compare import (GeometryConfig, GeometryReport, GeometryRow, CkaRow,
                                        compare_geometry, track_losses)
-from lensbias.geometry.metrics import (CrossMoments, Moments, anisotropy, anisotropy_zscored,
-                                       compression_metrics, effective_rank, isoscore,
-                                       linear_cka, matrix_entropy, top_dim_variance_share,
+from lensbias.geometry.metrics import (CrossMoments, Moments, SampleMeans, anisotropy,
+                                       anisotropy_zscored, effective_rank, isoscore,
+                                       linear_cka, matrix_entropy, pooled_compression_metrics,
+                                       sample_compression_metrics, top_dim_variance_share,
                                        twonn_dimension)
 
 __all__ = ["CkaRow", "CrossMoments", "GeometryConfig", "GeometryReport", "GeometryRow",
-           "Moments", "anisotropy", "anisotropy_zscored", "compare_geometry",
-           "compression_metrics", "effective_rank", "isoscore", "linear_cka",
-           "matrix_entropy", "top_dim_variance_share", "track_losses", "twonn_dimension"]
+           "Moments", "SampleMeans", "anisotropy", "anisotropy_zscored", "compare_geometry",
+           "effective_rank", "isoscore", "linear_cka", "matrix_entropy",
+           "pooled_compression_metrics", "sample_compression_metrics",
+           "top_dim_variance_share", "track_losses", "twonn_dimension"]

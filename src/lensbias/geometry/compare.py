@@ -1,8 +1,10 @@
 """Geometry, stage 2: compare the representation geometry of model A and compressed B
 per hook and domain, streaming over two aligned activation caches, plus CKA(A, B).
 
-Two passes per hook: (1) moments of A and B, their cross moments and a seeded row sample;
-(2) moments of the centred, L2-normalised rows. Nothing larger than a batch is held per row.
+One pass per hook: moments of A and B, their cross moments, a seeded row sample, and the
+Compression Hacking metrics of every example (one sample = one example's tokens in the domain,
+as the paper computes them per sentence), averaged. Nothing larger than a batch (plus the
+example being read) is held.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from lensbias.store.reader import ActivationStore
 DOMAIN_LABEL_SET = "domain"
 DOMAINS = ("all", "code", "prose")
 METRICS = ("anisotropy", "anisotropy_z", "top1_share", "top3_share", "isoscore",
-           "effective_rank", "matrix_entropy", "DE", "SE", "anisotropy_k", "semantic_cv",
-           "razored_de", "twonn")
-"""Metric names, in report order (``twonn`` is NaN unless ``GeometryConfig.twonn``)."""
+           "effective_rank", "matrix_entropy", *m.CH_METRICS, "twonn")
+"""Metric names, in report order (``twonn`` is NaN unless ``GeometryConfig.twonn``). The
+``ch_*`` ones are Compression Hacking's, per example and averaged (``metrics.SampleMeans``);
+before they were one pooled covariance's and named DE, SE, anisotropy_k, semantic_cv,
+razored_de."""
 
 
 @dataclass(frozen=True)
@@ -43,10 +47,14 @@ class GeometryConfig:
     """Domains with fewer tokens are skipped."""
     twonn: bool = False
     """Also estimate TwoNN intrinsic dimension on up to 2000 sampled rows (O(2000²·d))."""
+    ch_tokens: int = 64
+    """Compression Hacking's sample: the first this many tokens of each example in the domain
+    (the paper truncates every sentence to 64 tokens)."""
 
     def __post_init__(self) -> None:
-        if self.n_pairs < 1 or self.batch_tokens < 1 or self.k < 1 or self.min_tokens < 2:
-            raise ValueError("n_pairs, batch_tokens, k must be >= 1 and min_tokens >= 2")
+        if (self.n_pairs < 1 or self.batch_tokens < 1 or self.k < 1 or self.min_tokens < 2
+                or self.ch_tokens < 2):
+            raise ValueError("n_pairs, batch_tokens, k must be >= 1 and min_tokens, ch_tokens >= 2")
         if self.max_tokens is not None and self.max_tokens < 2:
             raise ValueError(f"max_tokens must be >= 2, got {self.max_tokens}")
 
@@ -152,11 +160,12 @@ def compare_geometry(store_a: ActivationStore, store_b: ActivationStore,
     """
     _check_aligned(store_a, store_b)
     domains = _domain_masks(store_a, config)
+    examples = np.asarray(store_a.tokens()["example"], np.int64)
     report = GeometryReport(store_a.model_name, store_b.model_name, store_a.dataset_name, config)
     order = store_a.hooks + [h for h in store_b.hooks if h not in store_a.hooks]
     for hook in order:
         stores = {name: s for name, s in (("A", store_a), ("B", store_b)) if hook in s.hooks}
-        _compare_hook(hook, stores, domains, config, report)
+        _compare_hook(hook, stores, domains, examples, config, report)
     return report
 
 
@@ -200,8 +209,49 @@ def _batches(stores: dict[str, ActivationStore], hook: str, batch_tokens: int
         yield start, {name: s.activations(hook, rows) for name, s in stores.items()}
 
 
+class _PerExample:
+    """Gathers the first ``cap`` rows of each example in one domain (they may span batches)
+    and hands every complete sample to ``SampleMeans`` per model. ``memo`` is shared by the
+    domains of one hook: a sample of the same rows (e.g. a prose example in 'all' and in
+    'prose') is computed once."""
+
+    def __init__(self, examples: np.ndarray, mask: np.ndarray, names: list[str], k: int,
+                 cap: int, memo: dict[tuple[str, bytes], dict[str, float]]):
+        rows = np.flatnonzero(mask)
+        order = np.argsort(examples[rows], kind="stable")
+        ex, first = np.unique(examples[rows][order], return_index=True)
+        bounds = list(first[1:]) + [len(rows)]
+        self.left: dict[int, int] = {}
+        self.key: dict[int, bytes] = {}
+        for e, a, b in zip(ex.tolist(), first.tolist(), bounds):
+            chosen = rows[order[a:min(b, a + cap)]]
+            self.left[e], self.key[e] = len(chosen), chosen.astype(np.int64).tobytes()
+        self.parts: dict[int, dict[str, list[np.ndarray]]] = {}
+        self.means = {name: m.SampleMeans(k) for name in names}
+        self.memo = memo
+
+    def add(self, example_ids: np.ndarray, rows: dict[str, np.ndarray]) -> None:
+        for ex in np.unique(example_ids).tolist():
+            if not self.left.get(ex):
+                continue
+            at = np.flatnonzero(example_ids == ex)[:self.left[ex]]
+            parts = self.parts.setdefault(ex, {name: [] for name in rows})
+            for name, x in rows.items():
+                parts[name].append(x[at])
+            self.left[ex] -= len(at)
+            if self.left[ex] == 0:
+                for name, chunks in self.parts.pop(ex).items():
+                    key = (name, self.key[ex])
+                    if key in self.memo:
+                        self.means[name].add_values(self.memo[key])
+                        continue
+                    values = self.means[name].add(np.concatenate(chunks))
+                    if values is not None:
+                        self.memo[key] = values
+
+
 def _compare_hook(hook: str, stores: dict[str, ActivationStore], domains: dict[str, np.ndarray],
-                  config: GeometryConfig, report: GeometryReport) -> None:
+                  examples: np.ndarray, config: GeometryConfig, report: GeometryReport) -> None:
     dims = {name: s.d(hook) for name, s in stores.items()}
     paired = len(stores) == 2
     moments: dict[tuple[str, str], m.Moments] = {}
@@ -215,8 +265,11 @@ def _compare_hook(hook: str, stores: dict[str, ActivationStore], domains: dict[s
                 moments[(domain, name)] = m.Moments(dims[name])
     samples = {d: _sample_rows(mask, 2 * config.n_pairs, config.seed) for d, mask in domains.items()}
     picked: dict[tuple[str, str], list[np.ndarray]] = {(d, s): [] for d in domains for s in stores}
+    memo: dict[tuple[str, bytes], dict[str, float]] = {}
+    per_example = {d: _PerExample(examples, mask, list(stores), config.k, config.ch_tokens, memo)
+                   for d, mask in domains.items()}
 
-    # pass 1: moments, cross moments, row samples
+    # one pass: moments, cross moments, row samples, per-example Compression Hacking metrics
     for start, acts in _batches(stores, hook, config.batch_tokens):
         stop = start + len(next(iter(acts.values())))
         for domain, mask in domains.items():
@@ -229,34 +282,25 @@ def _compare_hook(hook: str, stores: dict[str, ActivationStore], domains: dict[s
             else:
                 for name, x in rows.items():
                     moments[(domain, name)].update(x)
+            per_example[domain].add(examples[start + local], rows)
             sample = samples[domain]
             in_batch = sample[(sample >= start) & (sample < stop)] - start
             for name, a in acts.items():
                 picked[(domain, name)].append(a[in_batch])
 
-    # pass 2: second moments of the centred, L2-normalised rows
-    normed = {key: m.Moments(mo.d) for key, mo in moments.items()}
-    means = {key: mo.mean for key, mo in moments.items()}
-    for start, acts in _batches(stores, hook, config.batch_tokens):
-        stop = start + len(next(iter(acts.values())))
-        for domain, mask in domains.items():
-            local = np.flatnonzero(mask[start:stop])
-            if len(local):
-                for name, a in acts.items():
-                    normed[(domain, name)].update(m.normalise_rows(a[local], means[(domain, name)]))
 
     layer = layer_of(hook)
     for domain in domains:
         for name in stores:
             key = (domain, name)
             sample = np.concatenate(picked[key]) if picked[key] else np.zeros((0, dims[name]))
-            values = _metrics(moments[key], normed[key], sample, config)
+            values = _metrics(moments[key], per_example[domain].means[name], sample, config)
             report.rows.append(GeometryRow(hook, layer, domain, name, moments[key].n, values))
         if paired:
             report.cka.append(CkaRow(hook, layer, domain, cross[domain].n, cross[domain].cka()))
 
 
-def _metrics(mo: m.Moments, normed: m.Moments, sample: np.ndarray, config: GeometryConfig
+def _metrics(mo: m.Moments, ch: m.SampleMeans, sample: np.ndarray, config: GeometryConfig
              ) -> dict[str, float]:
     cov = mo.cov
     std = np.sqrt(np.clip(np.diag(cov), 0, None))
@@ -268,7 +312,7 @@ def _metrics(mo: m.Moments, normed: m.Moments, sample: np.ndarray, config: Geome
            "isoscore": m.isoscore(cov=cov),
            "effective_rank": m.effective_rank(cov=cov),
            "matrix_entropy": m.matrix_entropy(cov)}
-    out.update(m.compression_metrics(normed.second_moment, config.k))
+    out.update(ch.result())
     out["twonn"] = (m.twonn_dimension(sample, seed=config.seed) if config.twonn else math.nan)
     return {k: float(out[k]) for k in METRICS}
 

@@ -1,7 +1,8 @@
 """Geometry, stage 1: representation-geometry metrics as pure functions on arrays or moments.
 
 Anisotropy (raw and z-scored), rogue-dimension variance share, IsoScore, effective rank,
-matrix entropy, the Compression Hacking spectra, linear CKA and TwoNN, plus streaming moments.
+matrix entropy, the Compression Hacking metrics (per sample, averaged), linear CKA and TwoNN,
+plus streaming moments.
 """
 
 from __future__ import annotations
@@ -225,12 +226,102 @@ def matrix_entropy(cov: Float[np.ndarray, "d d"]) -> float:
     return _entropy(_spectrum(np.asarray(cov, np.float64)))
 
 
-def compression_metrics(cov_normalised: Float[np.ndarray, "d d"], k: int = 4) -> dict[str, float]:
-    """Compression Hacking (arXiv 2505.17793) spectra of ``ZᵀZ/(L−1)``, Z the centred,
-    L2-normalised rows: with Σ + 1e-6·I and λ = eig/tr, DE = −Σ log λ, SE = −Σ λ log λ,
-    anisotropy_k = mean over k ≤ K of λ_(k-th largest)/λ_(k-th smallest), semantic_cv =
-    anisotropy_k / DE, razored_de = DE of the spectrum without its top component
-    (renormalised to sum 1)."""
+CH_METRICS = ("ch_de", "ch_se", "ch_anisotropy_k", "ch_semantic_cv", "ch_de_razor", "ch_de_pcs")
+"""Compression Hacking metrics of one sample (``sample_compression_metrics``), in report order."""
+
+
+def _normalised_spectrum(z: Float[np.ndarray, "rows d"], with_top: bool = False
+                         ) -> tuple[Float[np.ndarray, " d"], np.ndarray | None]:
+    """λ = eig(ZᵀZ/(L−1) + 1e-6·I) / trace, all d of them, descending, for rows Z; with
+    ``with_top`` also Z's top right-singular vector ``[d]`` (ZᵀZ's top eigenvector).
+
+    With fewer rows than dimensions the nonzero eigenvalues of ZᵀZ are those of ZZᵀ (L × L),
+    the rest 0; the ridge is added to all d, as the reference does on the d × d matrix."""
+    rows, d = z.shape
+    gram = z @ z.T if rows < d else z.T @ z
+    gram = (gram + gram.T) / 2
+    if with_top:
+        eig, vecs = np.linalg.eigh(gram)
+        top = vecs[:, -1] if rows >= d else z.T @ vecs[:, -1]
+        top = top / max(np.linalg.norm(top), EPS)
+    else:
+        eig, top = np.linalg.eigvalsh(gram), None
+    eig = np.concatenate([np.clip(eig, 0.0, None), np.zeros(d - len(eig))])
+    eig = eig / max(rows - 1, 1) + RIDGE
+    return np.sort(eig)[::-1] / eig.sum(), top
+
+
+def _centre_normalise(x: Float[np.ndarray, "rows d"]) -> Float[np.ndarray, "rows d"]:
+    """The reference's ``normalize``: centre by the sample's own mean, rows to unit L2 norm
+    (a row that is exactly the mean stays 0; the reference would divide 0 by 0)."""
+    x = np.asarray(x, np.float64)
+    return normalise_rows(x, x.mean(0))
+
+
+def sample_compression_metrics(tokens: Float[np.ndarray, "rows d"], k: int = 4) -> dict[str, float]:
+    """Compression Hacking (arXiv 2505.17793, hggzjx/compression_hacking ``MetricLab``) of one
+    sample: ``tokens`` is one sentence's token matrix ``[L, d]``, L ≥ 2.
+
+    Z = rows centred by the sample mean and L2-normalised; Σ = ZᵀZ/(L−1) + 1e-6·I; λ = the d
+    eigenvalues of Σ / tr Σ, descending. ``ch_de`` = −Σ log λ (DE), ``ch_se`` = −Σ λ log λ
+    (SE), ``ch_anisotropy_k`` = mean over k ≤ K of λ_(k-th largest) / λ_(k-th smallest)
+    with K = min(k, d // 2), ``ch_semantic_cv`` = anisotropy_K / DE. The two razors of
+    ``compute_compression_revised``: ``ch_de_razor`` ("remove direction", K = 1) projects Z
+    onto the complement of its top right-singular vector, centres and re-normalises those
+    rows and takes DE of all d eigenvalues again; ``ch_de_pcs`` ("pcs", the reference's
+    default razor) sets all d eigenvalues to the largest: −d · log λ_max.
+    """
+    x = np.asarray(tokens, np.float64)
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError(f"a sample needs a [rows >= 2, d] token matrix, got shape {x.shape}")
+    z = _centre_normalise(x)
+    lam, top = _normalised_spectrum(z, with_top=True)
+    assert top is not None
+    d = len(lam)
+    de = float(-np.log(lam).sum())
+    kk = max(1, min(k, d // 2))
+    aniso = float(np.mean(lam[:kk] / lam[::-1][:kk]))
+    razored, _ = _normalised_spectrum(_centre_normalise(z - np.outer(z @ top, top)))
+    return {"ch_de": de, "ch_se": float(-(lam * np.log(lam)).sum()), "ch_anisotropy_k": aniso,
+            "ch_semantic_cv": aniso / de if de != 0 else float("nan"),
+            "ch_de_razor": float(-np.log(razored).sum()),
+            "ch_de_pcs": float(-d * np.log(lam[0]))}
+
+
+class SampleMeans:
+    """Compression Hacking metrics averaged over samples, as the reference's ``compute_metrics``
+    averages its per-sample list (the ratio semantic CV is averaged, not recomputed)."""
+
+    def __init__(self, k: int = 4):
+        self.k = k
+        self.n = 0
+        self._sums = dict.fromkeys(CH_METRICS, 0.0)
+
+    def add(self, tokens: Float[np.ndarray, "rows d"]) -> dict[str, float] | None:
+        """One sample's token matrix (its metrics are returned); fewer than 2 rows: skipped."""
+        if len(tokens) < 2:
+            return None
+        values = sample_compression_metrics(tokens, self.k)
+        self.add_values(values)
+        return values
+
+    def add_values(self, values: dict[str, float]) -> None:
+        """One sample's metrics, already computed."""
+        for key in CH_METRICS:
+            self._sums[key] += values[key]
+        self.n += 1
+
+    def result(self) -> dict[str, float]:
+        return {key: (v / self.n if self.n else float("nan")) for key, v in self._sums.items()}
+
+
+def pooled_compression_metrics(cov_normalised: Float[np.ndarray, "d d"], k: int = 4
+                               ) -> dict[str, float]:
+    """Not the paper's: the Compression Hacking spectra of ONE covariance ``ZᵀZ/(L−1)`` pooled
+    over all tokens (Z centred by the data's mean, L2-normalised). With Σ + 1e-6·I and
+    λ = eig/tr: DE, SE, anisotropy_k and semantic_cv as in ``sample_compression_metrics``, and
+    ``de_without_top`` = DE of the spectrum without its top eigenvalue (renormalised), which is
+    not the reference's razor either. Kept for comparison with earlier lensbias figures."""
     sigma = np.asarray(cov_normalised, np.float64)
     sigma = sigma + RIDGE * np.eye(len(sigma))
     lam = np.clip(np.linalg.eigvalsh((sigma + sigma.T) / 2), RIDGE * 1e-3, None)[::-1]
@@ -242,7 +333,7 @@ def compression_metrics(cov_normalised: Float[np.ndarray, "d d"], k: int = 4) ->
     rest = lam[1:] / lam[1:].sum() if len(lam) > 1 else lam
     return {"DE": de, "SE": se, "anisotropy_k": aniso,
             "semantic_cv": aniso / de if de != 0 else float("nan"),
-            "razored_de": float(-np.log(rest).sum())}
+            "de_without_top": float(-np.log(rest).sum())}
 
 
 def normalise_rows(x: Float[np.ndarray, "n d"], mean: Float[np.ndarray, " d"]
