@@ -16,8 +16,8 @@ from sklearn.preprocessing import StandardScaler
 from conftest import CORPUS, make_lm, word_dataset
 from lensbias.errors import LensbiasError
 from lensbias.probes.fast import LinearProbe
-from lensbias.probes.pair import (ProbeConfig, ProbePair, Procrustes, fit_concept, layer_of,
-                                  word_types)
+from lensbias.probes.align import AlignMap
+from lensbias.probes.pair import ProbeConfig, ProbePair, fit_concept, layer_of, word_types
 from lensbias.probes.report import ProbeReport
 from lensbias.store import ActivationStore, CacheConfig, cache_activations
 
@@ -53,6 +53,7 @@ def test_model_against_itself_transfers_exactly():
     assert row.cos_probe == pytest.approx(1.0, abs=1e-5)
     assert row.cos_dom == pytest.approx(1.0, abs=1e-5)
     assert row.survival == 1.0 and row.transfer_drop == 0.0
+    assert row.information == row.readout == row.aligned_readout == 1.0
     assert 0.5 < row.ceiling_probe < 1.0 and row.ceiling_dom <= 1.0
 
 
@@ -104,9 +105,9 @@ def test_procrustes_is_rectangular_and_recovers_an_embedding():
     rng = np.random.default_rng(5)
     h_b = rng.normal(size=(500, 7))
     embed = np.linalg.qr(rng.normal(size=(11, 7)))[0].T  # [7, 11], orthonormal rows
-    fitted = Procrustes().fit(h_b, h_b @ embed + 3.0)
-    assert fitted.rotation_.shape == (7, 11)
-    np.testing.assert_allclose(fitted.rotation_, embed, atol=1e-8)
+    fitted = AlignMap("procrustes").fit(h_b, h_b @ embed + 3.0)
+    assert fitted.weight_.shape == (7, 11)
+    np.testing.assert_allclose(fitted.weight_, embed, atol=1e-8)
     np.testing.assert_allclose(fitted.transform(h_b), h_b @ embed + 3.0, atol=1e-4)
 
 
@@ -179,7 +180,9 @@ def test_pair_of_stores_round_trips_through_json(stores):
     assert {r.hook for r in report.rows} == {"blocks.0.hook_resid_post", "blocks.1.hook_resid_post"}
     kind = report.best_layer("kind")
     assert kind.layer in (0, 1) and kind.n_classes == 2 and kind.domain == "mixed"
-    assert {a.value for a in report.by_domain} == {"code", "prose"}
+    assert {a.domain for a in report.by_domain} <= {"code", "prose", "mixed"}
+    assert {r.kind for r in report.rows} <= {"contextual", "token identity"}
+    assert all(r.token_id == r.token_id for r in report.rows)  # token ids from the store
     assert {a.value for a in report.by_frequency} <= {"common", "medium", "rare", "unseen"}
     assert not np.isnan(kind.control_a)
     data = report.to_dict()

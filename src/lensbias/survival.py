@@ -16,48 +16,116 @@ from typing import Any
 from lensbias.errors import LensbiasError
 
 SCHEMA = "lensbias.survival"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+
+KEPT = 0.9
+"""A reading whose interval lies at or above this is "kept" in the headline's diagnosis."""
 
 
 def headline(probes: dict[str, Any]) -> dict[str, Any]:
-    """Which domain lost more: survival of code vs prose concepts at the deepest probed layer."""
-    aggs = [a for a in probes.get("by_domain", []) if a.get("value") in ("code", "prose")]
-    if not aggs:
-        return {"sentence": "No code/prose concepts were probed.", "by_domain": {}}
-    deepest = max(aggs, key=lambda a: _layer(a["hook"]))["hook"]
-    by_domain = {a["value"]: {"survival": a.get("survival"), "survival_ci": a.get("survival_ci"),
-                              "acc_a": a.get("acc_a"), "transfer": a.get("transfer"),
-                              "n_concepts": a.get("n_concepts")}
-                 for a in aggs if a["hook"] == deepest}
-    return {"hook": deepest, "by_domain": by_domain, "sentence": _sentence(by_domain, deepest)}
+    """What survived at the deepest probed hook: how many concepts are token identity, and
+    per domain the three readings of the contextual concepts, with a diagnosis."""
+    rows = probes.get("rows", [])
+    skipped = probes.get("skipped", [])
+    not_measured = "; ".join(f"{s['concept']} ({s['reason']})" for s in skipped)
+    if not rows:
+        sentence = "No concepts were probed."
+        if not_measured:
+            sentence += f" Not measured: {not_measured}."
+        return {"sentence": sentence, "by_domain": {}, "skipped": skipped}
+    deepest = max(dict.fromkeys(r["hook"] for r in rows), key=_layer)
+    at_hook = [r for r in rows if r["hook"] == deepest]
+    token = [r["concept"] for r in at_hook if r.get("kind") != "contextual"]
+    by_domain: dict[str, dict[str, Any]] = {}
+    for agg in probes.get("by_domain", []):
+        if agg.get("hook") == deepest:
+            by_domain.setdefault(agg["domain"], {})[agg["kind"]] = {
+                k: agg.get(k) for k in ("n_concepts", "concepts", "acc_a", "baseline",
+                                        "information", "information_ci", "readout",
+                                        "readout_ci", "aligned_readout", "aligned_readout_ci",
+                                        "excluded")}
+    parts = [f"At {deepest}, {len(token)} of {len(at_hook)} concepts are readable from token "
+             "identity alone on this model" + (f" ({', '.join(token)})" if token else "") + "."]
+    for domain, kinds in sorted(by_domain.items()):
+        ctx = kinds.get("contextual")
+        if ctx and ctx.get("n_concepts"):
+            parts.append(f"{domain.capitalize()} concepts (contextual, "
+                         f"{ctx['n_concepts']}) kept {_reading(ctx, 'information')} of their "
+                         f"information (a probe retrained on B), {_reading(ctx, 'readout')} "
+                         f"of A's readout and {_reading(ctx, 'aligned_readout')} after "
+                         f"label-free re-alignment: {diagnosis(ctx)}.")
+        tok = kinds.get("token identity")
+        if tok and tok.get("n_concepts"):
+            parts.append(f"{domain.capitalize()} token-identity concepts ({tok['n_concepts']}, "
+                         f"against majority) kept {_reading(tok, 'information')} of their "
+                         f"information and {_reading(tok, 'readout')} of A's readout.")
+    contrast = _contrast(by_domain)
+    if contrast:
+        parts.append(contrast)
+    if not_measured:
+        parts.append(f"Not measured: {not_measured}.")
+    return {"hook": deepest, "n_concepts": len(at_hook), "n_token_identity": len(token),
+            "token_identity": token, "by_domain": by_domain, "skipped": skipped,
+            "sentence": " ".join(parts)}
+
+
+def diagnosis(agg: dict[str, Any]) -> str:
+    """Which reading moved: information lost, nothing lost, or the basis shifted."""
+    def low(k: str) -> float:
+        ci = agg.get(f"{k}_ci") or [None, None]
+        v = ci[0] if ci[0] is not None else agg.get(k)
+        return v if isinstance(v, (int, float)) and math.isfinite(v) else math.nan
+
+    def high(k: str) -> float:
+        ci = agg.get(f"{k}_ci") or [None, None]
+        v = ci[1] if ci[1] is not None else agg.get(k)
+        return v if isinstance(v, (int, float)) and math.isfinite(v) else math.nan
+
+    if not math.isfinite(low("information")):
+        return "undefined (too few concepts or no intervals)"
+    if high("information") < KEPT:
+        return "information was lost, not just moved"
+    if low("readout") >= KEPT:
+        return "nothing was lost"
+    if low("aligned_readout") >= KEPT:
+        return "the basis shifted, nothing was lost"
+    if low("information") >= KEPT:
+        return ("the information is still there, but A's readout does not recover under a "
+                "label-free re-alignment")
+    return "the intervals do not settle whether the information or only A's readout moved"
+
+
+def _reading(agg: dict[str, Any], key: str) -> str:
+    ci = agg.get(f"{key}_ci") or [None, None]
+    ci_txt = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if None not in ci else ""
+    return f"{_num(agg.get(key))}{ci_txt}"
+
+
+def _contrast(by_domain: dict[str, dict[str, Any]]) -> str:
+    """Code against prose on each reading whose intervals do not overlap."""
+    code = (by_domain.get("code") or {}).get("contextual")
+    prose = (by_domain.get("prose") or {}).get("contextual")
+    if not code or not prose:
+        return ""
+    apart = []
+    for key, name in (("information", "information"), ("readout", "A's readout"),
+                      ("aligned_readout", "the aligned readout")):
+        c, p = code.get(f"{key}_ci") or [None, None], prose.get(f"{key}_ci") or [None, None]
+        if None in c or None in p:
+            continue
+        if c[1] < p[0]:
+            apart.append(f"code lost more of {name}")
+        elif p[1] < c[0]:
+            apart.append(f"prose lost more of {name}")
+    if not apart:
+        return "Code and prose intervals overlap on every reading."
+    return "Intervals do not overlap: " + "; ".join(apart) + "."
 
 
 def _layer(hook: str) -> int:
     parts = hook.split(".")
     return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else -1
-
-
-def _sentence(by_domain: dict[str, dict[str, Any]], hook: str) -> str:
-    def txt(d: str) -> str:
-        v = by_domain[d]
-        ci = v.get("survival_ci") or [None, None]
-        ci_txt = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if None not in ci else ""
-        return f"{d} concepts kept {_num(v.get('survival'))}{ci_txt}"
-
-    if not {"code", "prose"} <= set(by_domain):
-        only = next(iter(by_domain))
-        return f"At {hook}, {txt(only)} of their above-baseline probe accuracy."
-    code, prose = by_domain["code"], by_domain["prose"]
-    lo_c, hi_c = code.get("survival_ci") or (None, None)
-    lo_p, hi_p = prose.get("survival_ci") or (None, None)
-    sc, sp = code.get("survival"), prose.get("survival")
-    if sc is None or sp is None:
-        verdict = "survival is undefined for one domain (A barely beats the baseline)"
-    elif None not in (lo_c, hi_c, lo_p, hi_p) and (hi_c < lo_p or hi_p < lo_c):
-        verdict = f"{'code' if sc < sp else 'prose'} lost more (intervals do not overlap)"
-    else:
-        verdict = "the intervals overlap, so neither domain clearly lost more"
-    return f"At {hook}, {txt('code')} and {txt('prose')} of their above-baseline probe accuracy: {verdict}."
 
 
 def _num(x: Any) -> str:

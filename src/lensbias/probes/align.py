@@ -8,7 +8,7 @@ models (the same tokens through A and B), never on test tokens and never on labe
 - ``mean``: ``h − μ_B + μ_A`` (a shift only; same width);
 - ``scale``: per dimension, ``(h − μ_B)·σ_A/σ_B + μ_A`` (same width);
 - ``affine`` (the default): least squares ``(h − μ_B)·W + μ_A``, ridge-damped by
-  ``1e-3 ×`` the mean variance of B, any widths;
+  ``1e-6 ×`` the mean variance of B (numerical safety only), any widths;
 - ``procrustes``: ``s·(h − μ_B)·R + μ_A`` with R = UVᵀ from the SVD of H_Bᵀ·H_A (an
   isometry and one scale; any widths).
 
@@ -27,7 +27,7 @@ from lensbias.errors import LensbiasError
 
 MAPS = ("mean", "scale", "affine", "procrustes")
 DEFAULT_MAP = "affine"
-RIDGE = 1e-3
+RIDGE = 1e-6
 
 
 class AlignMap:
@@ -75,3 +75,12 @@ class AlignMap:
         else:
             mapped = centred @ self.weight_
         return (mapped + self.mean_a_).astype(np.float32)
+
+    def rotate(self, direction: Float[np.ndarray, " d_b"]) -> Float[np.ndarray, " d_a"]:
+        """A read-out direction of B carried into A's space by the linear part of the map."""
+        direction = np.asarray(direction, np.float64)
+        if self.weight_ is None:
+            return direction.astype(np.float32)
+        if self.weight_.ndim == 1:
+            return (direction * self.weight_).astype(np.float32)
+        return (direction @ self.weight_).astype(np.float32)

@@ -1,28 +1,33 @@
-"""Probes, stage 3: which concepts survive compression — A's probe read on B, per concept × hook.
+"""Probes, stage 3: which concepts survive compression, per concept × hook, in three readings.
 
-For each concept and hook: a probe trained on original model A's activations; its accuracy
-on A; ``transfer``, the same probe applied unchanged to compressed model B's activations of
-the same tokens; ``retrained``, a probe trained on B; cosines between A's and B's probe and
-difference-of-means directions against a ceiling from two halves of A's training examples
-(and the A-vs-B cosine across the same halves, which shares no tokens, like the ceiling);
-a control task (Hewitt & Liang 2019) for selectivity; bootstrap intervals over test examples.
+For each concept and hook, a probe is trained on original model A's activations and read
+against its floors (``probes.floors``: majority, token-id lookup, the same probe on the
+context-free embedding stream). What survives is measured three ways, each normalised to
+the same baseline (the floor for contextual concepts, the majority class for concepts
+readable from token identity alone):
+
+- ``information``: a probe retrained on B (is the concept still linearly there?);
+- ``readout``: A's probe applied to B unchanged (what a user of A's probe sees);
+- ``aligned_readout``: A's probe on B after a label-free map of B onto A (``probes.align``,
+  default affine least squares) fitted on unlabeled training-split tokens.
+
+Also: control tasks (Hewitt & Liang 2019) for selectivity; cosines between A's and B's
+probe and difference-of-means directions against a ceiling from two halves of A's training
+examples; bootstrap intervals over test documents.
 
 Decisions:
-- Split by example (never by token); tokens per concept capped by whole examples.
-- Directions are compared in A's raw activation space (``LinearProbe.coef_``). B's
-  directions enter it through the alignment map (identity without alignment).
-- Alignment (``align="procrustes"``, or ``"auto"`` when widths differ): R = UVᵀ from the
-  thin SVD of H_Bᵀ·H_A on centred paired training activations. R is d_B × d_A, the
-  rectangular (semi-orthogonal) Procrustes solution, identical to zero-padding the
-  narrower model and solving the square problem: for d_B ≤ d_A it embeds B isometrically
-  in A's space; for d_B > d_A it keeps the d_A directions of B that best match A. B is
-  mapped as ``s·(h − μ_B)·R + μ_A`` with one least-squares scale s (neither the centring
-  nor s changes a cosine). One map per hook, fitted on up to ``max_train`` tokens (labelled
-  or not) of the training examples, never on test examples: transfer stays out of sample,
-  but cosines share training tokens with the map, so for a B unrelated to A they are
-  inflated (the map seeks A's dominant directions in B); read them against ``transfer``.
-  ``retrained`` and ``control_b`` stay in B's own space, so they
-  measure B alone; B's directions are carried through R for the cosines.
+- Split by source document (``doc`` for UD, ``file`` for code; the example where a store has
+  neither), so no document has tokens on both sides; the bootstrap resamples test
+  documents; tokens per concept are capped by whole examples.
+- The regularisation strength of each probe (A, B, the embedding floor) is chosen on its
+  own training split (``C_grid``, one held-out quarter of the training documents) unless
+  ``ProbeConfig.C`` fixes it, and fitted to convergence (``max_iter``, gradient tolerance).
+- Directions are compared in A's raw activation space (``LinearProbe.coef_``). When widths
+  differ, ``readout`` and the cosines go through an orthogonal Procrustes map (rectangular,
+  semi-orthogonal R = UVᵀ from the thin SVD of H_Bᵀ·H_A, one least-squares scale), fitted on
+  up to ``max_train`` training tokens; the cosines share those tokens, so for a B unrelated
+  to A they are inflated; read them against ``readout``. ``retrained`` and ``control_b``
+  stay in B's own space.
 - Control word types: the word string covering each token (``\\w+`` runs and single
   punctuation characters of the example text, joined when a token spans several), so
   all subword tokens of a word share a control label as they share a task label; tokens
@@ -38,13 +43,18 @@ import numpy as np
 from jaxtyping import Bool, Float, Int
 
 from lensbias.errors import LensbiasError
+from lensbias.probes.align import DEFAULT_MAP, MAPS, AlignMap
 from lensbias.probes.fast import LinearProbe
+from lensbias.probes.floors import EMBED_HOOK, KIND_CONTEXT, TokenIdLookup, kind_of
 from lensbias.probes.linear import grouped_split
-from lensbias.probes.report import (ProbeReport, ProbeRow, aggregate, percentile_ci,
-                                    survival)
+from lensbias.probes.report import (MIN_GAIN, ProbeReport, ProbeRow, aggregate,
+                                    aggregate_readings, percentile_ci, reading)
 
-BOOKKEEPING = frozenset({"freq_bucket", "domain", "corpus", "split", "doc"})
+BOOKKEEPING = frozenset({"freq_bucket", "domain", "corpus", "split", "doc", "file", "genre",
+                         "language"})
 """Label sets never probed unless named in ``ProbeConfig.concepts``."""
+DOCUMENT_LABELS = ("doc", "file")
+"""Sequence labels that name an example's source document, in order of preference."""
 ALIGN_CHOICES = ("auto", "procrustes", "none")
 _WORD = re.compile(r"\w+|[^\w\s]")
 
@@ -56,17 +66,21 @@ class ProbeConfig:
     concepts: tuple[str, ...] | None = None
     """Label sets to probe; None: every token-level one except bookkeeping (freq_bucket)."""
     hooks: tuple[str, ...] | None = None
-    """Hooks to probe (present in both stores); None: every hook the two stores share."""
+    """Hooks to probe (present in both stores); None: every hook the two stores share except
+    the embedding stream (``blocks.0.hook_resid_pre``), which is the ``embed`` floor."""
     max_train: int = 8000
     """Training tokens per concept, taken as whole examples in a seeded random order."""
     max_test: int = 4000
     """Test tokens per concept, likewise."""
-    C: float = 1.0
-    """Inverse L2 strength of every probe, as in sklearn's LogisticRegression."""
-    max_iter: int = 100
-    """L-BFGS iterations per probe."""
+    C: float | None = None
+    """Inverse L2 strength of every probe (sklearn's C); None: chosen per probe from
+    ``C_grid`` on a held-out quarter of its training documents."""
+    C_grid: tuple[float, ...] = (0.1, 1.0, 10.0)
+    """Candidate C values when ``C`` is None (ties go to the smaller C)."""
+    max_iter: int = 500
+    """L-BFGS iteration cap per probe (stops earlier at the gradient tolerance)."""
     n_bootstrap: int = 200
-    """Bootstrap resamples of test examples for intervals (0: no intervals)."""
+    """Bootstrap resamples of test documents for intervals (0: no intervals)."""
     confidence: float = 0.95
     """Coverage of the percentile intervals."""
     control: bool = True
@@ -77,25 +91,36 @@ class ProbeConfig:
     seed: int = 0
     """Seeds the split, the caps, the halves, the control labels and the bootstrap."""
     align: str = "auto"
-    """``auto`` (Procrustes only when widths differ), ``procrustes`` or ``none``."""
+    """How ``readout`` reaches A's space: ``auto`` (Procrustes only when widths differ),
+    ``procrustes`` or ``none``."""
+    realign: str = DEFAULT_MAP
+    """The label-free map of ``aligned_readout``: ``mean``, ``scale``, ``affine`` or
+    ``procrustes`` (``probes.align``)."""
     min_class_tokens: int = 20
     """Classes with fewer training tokens are dropped; a concept left with < 2 is skipped."""
+    min_test_tokens: int = 300
+    """Rows with fewer test tokens are flagged ``underpowered`` and left out of aggregates."""
     test_fraction: float = 0.25
-    """Share of examples held out for testing."""
+    """Share of documents held out for testing."""
 
     def __post_init__(self) -> None:
         if self.align not in ALIGN_CHOICES:
             raise LensbiasError(f"ProbeConfig.align is {self.align!r}; use one of "
                                 f"{', '.join(ALIGN_CHOICES)}")
+        if self.realign not in MAPS:
+            raise LensbiasError(f"ProbeConfig.realign is {self.realign!r}; use one of "
+                                f"{', '.join(MAPS)}")
         if self.max_train < 2 or self.max_test < 1:
             raise LensbiasError(f"ProbeConfig.max_train={self.max_train}, max_test="
                                 f"{self.max_test}; both must be positive (max_train >= 2)")
         if not 0 < self.test_fraction < 1 or not 0 < self.confidence < 1:
             raise LensbiasError(f"ProbeConfig.test_fraction={self.test_fraction} and "
                                 f"confidence={self.confidence} must lie in (0, 1)")
-        if self.n_bootstrap < 0 or self.C <= 0:
-            raise LensbiasError(f"ProbeConfig.n_bootstrap={self.n_bootstrap} must be >= 0 "
-                                f"and C={self.C} > 0")
+        if self.n_bootstrap < 0 or (self.C is not None and self.C <= 0) \
+                or not self.C_grid or min(self.C_grid) <= 0:
+            raise LensbiasError(f"ProbeConfig.n_bootstrap={self.n_bootstrap} must be >= 0, "
+                                f"C={self.C} > 0 (or None) and C_grid={self.C_grid} non-empty "
+                                "and positive")
 
 
 class ProbePair:
@@ -111,8 +136,9 @@ class ProbePair:
         concepts = _concepts(store_a, cfg)
         hooks = _hooks(store_a, store_b, cfg)
         groups = tokens["example"].astype(np.int64)
-        test = grouped_split(groups, cfg.test_fraction, seed=cfg.seed)
-        weights = bootstrap_weights(groups[test], cfg.n_bootstrap, cfg.seed)
+        docs = document_ids(store_a)
+        test = grouped_split(docs, cfg.test_fraction, seed=cfg.seed)
+        weights = bootstrap_weights(docs[test], cfg.n_bootstrap, cfg.seed)
         types = (word_types(store_a.texts(), groups, tokens["offsets"]) if cfg.control
                  else None)
         strata = _strata(store_a)
@@ -129,56 +155,71 @@ class ProbePair:
         align_rows = _cap(np.flatnonzero(~test), groups, cfg.max_train,
                           np.random.default_rng([cfg.seed, 4]))
         needed = np.unique(np.concatenate([align_rows, *(sel for _, sel in chosen.values())]))
+        has_embed = EMBED_HOOK in store_a.hooks
+        embed = _gather(store_a, EMBED_HOOK, needed) if has_embed and chosen else None
+        floors: dict[str, dict[str, np.ndarray]] = {}
         for hook in hooks:
             acts_a = _gather(store_a, hook, needed)
             acts_b = _gather(store_b, hook, needed)
             aligned = cfg.align == "procrustes" or (cfg.align == "auto"
                                                     and acts_a.shape[1] != acts_b.shape[1])
             at = np.searchsorted(needed, align_rows)
-            alignment = Procrustes().fit(acts_b[at], acts_a[at]) if aligned else None
+            alignment = AlignMap("procrustes").fit(acts_b[at], acts_a[at]) if aligned else None
+            realign = AlignMap(cfg.realign).fit(acts_b[at], acts_a[at])
             for concept, (labels, sel) in chosen.items():
                 at = np.searchsorted(needed, sel)
                 names = store_a.classes(concept)
                 rows.append(fit_concept(
                     acts_a[at], acts_b[at], labels[sel], groups[sel], test[sel],
-                    word_types=None if types is None else types[sel],
+                    token_ids=tokens["ids"][sel], acts_embed=None if embed is None else embed[at],
+                    docs=docs[sel], word_types=None if types is None else types[sel],
                     strata={k: v[sel] for k, v in strata.items()}, class_names=names,
                     config=cfg, concept=concept, hook=hook, boot_weights=weights,
-                    alignment=alignment))
-        return ProbeReport(rows, aggregate(rows, "domain", cfg.confidence),
+                    alignment=alignment, realign=realign,
+                    floor_cache=floors.setdefault(concept, {})))
+        return ProbeReport(rows, aggregate_readings(rows, cfg.confidence),
                            aggregate(rows, "freq_bucket", cfg.confidence), skipped,
-                           asdict(cfg), store_a.model_name, store_b.model_name,
-                           store_a.dataset_name)
+                           {**asdict(cfg), "embed_hook": EMBED_HOOK if has_embed else None},
+                           store_a.model_name, store_b.model_name, store_a.dataset_name)
 
 
 def fit_concept(acts_a: Float[np.ndarray, "tokens d_a"], acts_b: Float[np.ndarray, "tokens d_b"],
                 labels: Int[np.ndarray, " tokens"], groups: Int[np.ndarray, " tokens"],
                 test: Bool[np.ndarray, " tokens"], *,
+                token_ids: Int[np.ndarray, " tokens"] | None = None,
+                acts_embed: Float[np.ndarray, "tokens d_a"] | None = None,
+                docs: Int[np.ndarray, " tokens"] | None = None,
                 word_types: Int[np.ndarray, " tokens"] | None = None,
                 strata: dict[str, np.ndarray] | None = None,
                 class_names: list[str] | None = None, config: ProbeConfig = ProbeConfig(),
                 concept: str = "concept", hook: str = "hook",
-                boot_weights: Int[np.ndarray, "resamples groups"] | None = None,
-                alignment: Procrustes | None = None) -> ProbeRow:
+                boot_weights: Float[np.ndarray, "resamples docs"] | None = None,
+                alignment: AlignMap | None = None, realign: AlignMap | None = None,
+                floor_cache: dict[str, np.ndarray] | None = None) -> ProbeRow:
     """The probe pair of one concept at one hook, on arrays (the core of ``ProbePair``).
 
-    ``labels`` are class indices (-1: none), ``groups`` example ids, ``test`` the held-out
-    mask; ``strata`` maps a name (``freq_bucket``, ``domain``) to a per-token string array
-    (None or "" for none). Without ``word_types`` every token is its own type. Without
-    ``boot_weights`` the bootstrap resamples the test groups found here. When B is aligned,
-    ``alignment`` is the fitted map (``ProbePair`` fits one per hook on training-split
-    tokens); without it one is fitted on this concept's training tokens.
+    ``labels`` are class indices (-1: none), ``groups`` example ids (the unit of the token
+    caps), ``docs`` source-document ids (the unit of the bootstrap and of C selection;
+    default: ``groups``), ``test`` the held-out mask; ``token_ids`` feed the token-id floor
+    and ``acts_embed`` (A's context-free embedding stream) the embed floor (each NaN when
+    absent). ``strata`` maps a name (``freq_bucket``, ``domain``) to a per-token string
+    array. Without ``word_types`` every token is its own type. Without ``boot_weights`` the
+    bootstrap resamples the test documents found here. ``alignment`` is the map ``readout``
+    goes through (Procrustes when widths differ; fitted here when needed and not given);
+    ``realign`` the label-free map of ``aligned_readout`` (fitted here on the training
+    tokens when not given). ``floor_cache`` keeps the floors of a concept across hooks.
     """
     cfg = config
     acts_a, acts_b = np.asarray(acts_a, np.float32), np.asarray(acts_b, np.float32)
     labels, groups = np.asarray(labels, np.int64), np.asarray(groups, np.int64)
+    docs = groups if docs is None else np.asarray(docs, np.int64)
     test = np.asarray(test, bool)
-    if not (len(acts_a) == len(acts_b) == len(labels) == len(groups) == len(test)):
+    if not (len(acts_a) == len(acts_b) == len(labels) == len(groups) == len(test) == len(docs)):
         raise LensbiasError(f"fit_concept needs one row per token in every array; got "
                             f"{len(acts_a)}, {len(acts_b)}, {len(labels)}, {len(groups)}, "
-                            f"{len(test)}")
+                            f"{len(test)}, {len(docs)}")
     if boot_weights is None:
-        boot_weights = bootstrap_weights(groups[test], cfg.n_bootstrap, cfg.seed)
+        boot_weights = bootstrap_weights(docs[test], cfg.n_bootstrap, cfg.seed)
     tr, te = select_tokens(labels, groups, test, cfg)
     y_tr, y_te = labels[tr], labels[te]
     if len(np.unique(y_tr)) < 2 or len(te) == 0:
@@ -191,41 +232,138 @@ def fit_concept(acts_a: Float[np.ndarray, "tokens d_a"], acts_b: Float[np.ndarra
                             f"{acts_b.shape[1]} in B; use align='auto' or 'procrustes'")
     to_a = None
     if aligned:
-        to_a = alignment or Procrustes().fit(acts_b[tr], acts_a[tr])
+        to_a = alignment or AlignMap("procrustes").fit(acts_b[tr], acts_a[tr])
     b_in_a = acts_b if to_a is None else to_a.transform(acts_b)
+    realign = realign or AlignMap(cfg.realign).fit(acts_b[tr], acts_a[tr])
 
-    probe_a = _probe(cfg).fit(acts_a[tr], y_tr)
-    probe_b = _probe(cfg).fit(acts_b[tr], y_tr)
+    probe_a, c_a = fit_selected(acts_a[tr], y_tr, docs[tr], cfg)
+    probe_b, c_b = fit_selected(acts_b[tr], y_tr, docs[tr], cfg)
     correct = {"acc_a": probe_a.predict(acts_a[te]) == y_te,
                "transfer": probe_a.predict(b_in_a[te]) == y_te,
-               "retrained": probe_b.predict(acts_b[te]) == y_te}
+               "retrained": probe_b.predict(acts_b[te]) == y_te,
+               "aligned": probe_a.predict(realign.transform(acts_b[te])) == y_te}
     values, counts = np.unique(y_tr, return_counts=True)
     correct["majority"] = y_te == values[np.argmax(counts)]
+    correct.update(_floors(token_ids, acts_embed, tr, te, labels, docs, cfg, floor_cache))
     ctrl = control_labels(labels, tr, te, word_types, cfg.seed) if cfg.control else None
     if ctrl is not None and len(np.unique(ctrl[tr])) >= 2:
-        for side, acts in (("control_a", acts_a), ("control_b", acts_b)):
-            correct[side] = _probe(cfg).fit(acts[tr], ctrl[tr]).predict(acts[te]) == ctrl[te]
+        for side, acts, c in (("control_a", acts_a, c_a), ("control_b", acts_b, c_b)):
+            correct[side] = _probe(cfg, c).fit(acts[tr], ctrl[tr]).predict(acts[te]) == ctrl[te]
 
-    cosines = _cosines(acts_a, acts_b, labels, tr, groups, probe_a, probe_b, to_a, cfg)
+    cosines = _cosines(acts_a, acts_b, labels, tr, groups, probe_a, probe_b, to_a, cfg, c_a, c_b)
     point = {k: float(v.mean()) for k, v in correct.items()}
-    reps = _replicates(correct, groups[te], boot_weights)
-    metrics = _metrics(point)
-    metric_reps = _metrics(reps) if reps is not None else {}
-    ci = {k: percentile_ci(metric_reps.get(k), cfg.confidence) for k in metrics}
-    row_strata, boot = _stratify(strata or {}, tr, te, correct, groups[te], boot_weights)
+    reps = _replicates(correct, docs[te], boot_weights)
+    metrics, metric_reps = _metrics(point, reps, cfg.confidence)
+    ci = {k: percentile_ci(metric_reps.get(k), cfg.confidence) for k in metrics
+          if not isinstance(metrics[k], str)}
+    row_strata, boot = _stratify(strata or {}, tr, te, correct, docs[te], boot_weights)
     names = class_names or [str(v) for v in range(int(labels.max()) + 1)]
     return ProbeRow(
         concept=concept, hook=hook, layer=layer_of(hook),
         domain=_majority_domain((strata or {}).get("domain"), np.concatenate([tr, te])),
         classes=[names[v] for v in values], n_classes=len(values), n_train=len(tr),
-        n_test=len(te), aligned=bool(aligned), **metrics,
-        **cosines, **{f"{k}_ci": v for k, v in ci.items()}, strata=row_strata,
+        n_test=len(te), n_test_docs=int(len(np.unique(docs[te]))),
+        underpowered=bool(len(te) < cfg.min_test_tokens), aligned=bool(aligned),
+        realign=realign.kind, C_a=c_a, C_b=c_b,
+        train_acc_a=float(np.mean(probe_a.predict(acts_a[tr]) == y_tr)),
+        train_retrained=float(np.mean(probe_b.predict(acts_b[tr]) == y_tr)),
+        converged=bool(probe_a.n_iter_ < cfg.max_iter and probe_b.n_iter_ < cfg.max_iter),
+        **metrics, **cosines, **{f"{k}_ci": v for k, v in ci.items()}, strata=row_strata,
         boot={**metric_reps, **boot})
+
+
+def fit_selected(X: Float[np.ndarray, "tokens d"], y: Int[np.ndarray, " tokens"],
+                 docs: Int[np.ndarray, " tokens"], config: ProbeConfig
+                 ) -> tuple[LinearProbe, float]:
+    """A probe fitted on all of ``X``, its C fixed by ``config.C`` or chosen from
+    ``config.C_grid`` by accuracy on a held-out quarter of the training documents (fitted
+    on the rest); the smaller C wins ties. Too few documents (< 4) or a held-out part
+    without two classes: C = 1."""
+    if config.C is not None:
+        return _probe(config, config.C).fit(X, y), float(config.C)
+    chosen = 1.0
+    uniq = np.unique(docs)
+    if len(config.C_grid) > 1 and len(uniq) >= 4:
+        val = np.isin(docs, grouped_split(uniq, 0.25, seed=config.seed + 7))
+        val &= np.isin(y, np.unique(y[~val]))
+        if val.any() and len(np.unique(y[~val])) >= 2:
+            scores = [_probe(config, c).fit(X[~val], y[~val]).score(X[val], y[val])
+                      for c in sorted(config.C_grid)]
+            chosen = float(sorted(config.C_grid)[int(np.argmax(scores))])
+    elif len(config.C_grid) == 1:
+        chosen = float(config.C_grid[0])
+    return _probe(config, chosen).fit(X, y), chosen
+
+
+def _floors(token_ids: np.ndarray | None, acts_embed: np.ndarray | None, tr: np.ndarray,
+            te: np.ndarray, labels: np.ndarray, docs: np.ndarray, cfg: ProbeConfig,
+            cache: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """Per test token: is the token-id lookup right, is the embedding-stream probe right
+    (NaN-filled when the input is missing). Cached per concept: the same at every hook."""
+    if cache:
+        return cache
+    nan = np.full(len(te), np.nan)
+    out = {"token_id": nan, "embed": nan}
+    if token_ids is not None:
+        ids = np.asarray(token_ids, np.int64)
+        out["token_id"] = TokenIdLookup().fit(ids[tr], labels[tr]).predict(ids[te]) == labels[te]
+    if acts_embed is not None:
+        embed = np.asarray(acts_embed, np.float32)
+        probe, _ = fit_selected(embed[tr], labels[tr], docs[tr], cfg)
+        out["embed"] = probe.predict(embed[te]) == labels[te]
+    if cache is not None:
+        cache.update(out)
+    return out
+
+
+def _metrics(point: dict[str, float], reps: dict[str, np.ndarray] | None, confidence: float
+             ) -> tuple[dict[str, float | str], dict[str, np.ndarray]]:
+    """Accuracies, floors, context gain and kind, the three readings and the differences,
+    as points and (where there are replicates) as replicate arrays."""
+    def derive(acc: dict) -> dict:
+        nan = float("nan")
+        out = {k: acc[k] for k in ("majority", "token_id", "embed", "acc_a", "transfer",
+                                   "retrained")}
+        out["aligned_transfer"] = acc["aligned"]
+        out["floor"] = np.fmax(np.fmax(acc["majority"], acc["token_id"]), acc["embed"])
+        out["context_gain"] = acc["acc_a"] - out["floor"]
+        out["control_a"] = acc.get("control_a", nan)
+        out["control_b"] = acc.get("control_b", nan)
+        out["selectivity_a"] = acc["acc_a"] - out["control_a"]
+        out["selectivity_b"] = acc["retrained"] - out["control_b"]
+        out["transfer_drop"] = acc["acc_a"] - acc["transfer"]
+        out["retrained_drop"] = acc["acc_a"] - acc["retrained"]
+        return out
+
+    metrics = {k: float(v) for k, v in derive(point).items()}
+    metric_reps = {} if reps is None else {k: np.broadcast_to(np.asarray(v, np.float64),
+                                                              len(reps["acc_a"])).copy()
+                                           for k, v in derive(reps).items()}
+    gain_ci = percentile_ci(metric_reps.get("context_gain"), confidence)
+    if gain_ci[0] != gain_ci[0]:  # no intervals: the point must clear MIN_GAIN
+        gain_ci = (metrics["context_gain"] - MIN_GAIN, metrics["context_gain"] + MIN_GAIN)
+    kind = kind_of(gain_ci)
+    base = "floor" if kind == KIND_CONTEXT else "majority"
+    metrics["kind"], metrics["baseline_kind"] = kind, base
+    metrics["baseline"] = metrics[base]
+    if metric_reps:
+        metric_reps["baseline"] = metric_reps[base]
+    for name, key in (("information", "retrained"), ("readout", "transfer"),
+                      ("aligned_readout", "aligned_transfer")):
+        metrics[name] = float(reading(metrics[key], metrics["acc_a"], metrics["baseline"]))
+        if metric_reps:
+            metric_reps[name] = reading(metric_reps[key], metric_reps["acc_a"],
+                                        metric_reps["baseline"])
+    metrics["survival"] = metrics["readout"]
+    if metric_reps:
+        metric_reps["survival"] = metric_reps["readout"]
+    return metrics, metric_reps
 
 
 def _cosines(acts_a: np.ndarray, acts_b: np.ndarray, labels: np.ndarray, tr: np.ndarray,
              groups: np.ndarray, probe_a: LinearProbe, probe_b: LinearProbe,
-             to_a: Procrustes | None, cfg: ProbeConfig) -> dict[str, float]:
+             to_a: AlignMap | None, cfg: ProbeConfig, c_a: float, c_b: float
+             ) -> dict[str, float]:
     """A-vs-B cosines of probe and DoM directions on all training tokens and across
     disjoint halves, and the A-vs-A ceiling on the same halves (all in A's raw space)."""
     def in_a(dirs: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
@@ -238,8 +376,9 @@ def _cosines(acts_a: np.ndarray, acts_b: np.ndarray, labels: np.ndarray, tr: np.
         nan = float("nan")
         return {**out, "ceiling_probe": nan, "ceiling_dom": nan, "cos_probe_halves": nan,
                 "cos_dom_halves": nan}
-    probe = {(m, i): _directions(_probe(cfg).fit(acts[h], labels[h]))
-             for m, acts in (("a", acts_a), ("b", acts_b)) for i, h in enumerate(halves)}
+    probe = {(m, i): _directions(_probe(cfg, c).fit(acts[h], labels[h]))
+             for m, acts, c in (("a", acts_a, c_a), ("b", acts_b, c_b))
+             for i, h in enumerate(halves)}
     dom = {(m, i): _dom(acts[h], labels[h])
            for m, acts in (("a", acts_a), ("b", acts_b)) for i, h in enumerate(halves)}
     for kind, dirs in (("probe", probe), ("dom", dom)):
@@ -247,27 +386,6 @@ def _cosines(acts_a: np.ndarray, acts_b: np.ndarray, labels: np.ndarray, tr: np.
         out[f"cos_{kind}_halves"] = (_cosine(dirs["a", 0], in_a(dirs["b", 1]))
                                      + _cosine(dirs["a", 1], in_a(dirs["b", 0]))) / 2
     return out
-
-
-class Procrustes:
-    """Orthogonal Procrustes from B's space to A's: ``s·(h − μ_B)·R + μ_A``, R = UVᵀ."""
-
-    def fit(self, h_b: Float[np.ndarray, "tokens d_b"], h_a: Float[np.ndarray, "tokens d_a"]
-            ) -> Procrustes:
-        self.mean_b_ = h_b.mean(axis=0, dtype=np.float64)
-        self.mean_a_ = h_a.mean(axis=0, dtype=np.float64)
-        centred_b, centred_a = h_b - self.mean_b_, h_a - self.mean_a_
-        u, sigma, vt = np.linalg.svd(centred_b.T @ centred_a, full_matrices=False)
-        self.rotation_ = u @ vt  # [d_b, d_a]
-        self.scale_ = float(sigma.sum() / max(float((centred_b ** 2).sum()), 1e-30))
-        return self
-
-    def transform(self, h_b: Float[np.ndarray, "tokens d_b"]) -> Float[np.ndarray, "tokens d_a"]:
-        return (self.scale_ * (h_b - self.mean_b_) @ self.rotation_ + self.mean_a_
-                ).astype(np.float32)
-
-    def rotate(self, direction: Float[np.ndarray, " d_b"]) -> Float[np.ndarray, " d_a"]:
-        return (direction @ self.rotation_).astype(np.float32)
 
 
 def select_tokens(labels: Int[np.ndarray, " tokens"], groups: Int[np.ndarray, " tokens"],
@@ -338,8 +456,8 @@ def layer_of(hook: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def _probe(cfg: ProbeConfig) -> LinearProbe:
-    return LinearProbe(C=cfg.C, max_iter=cfg.max_iter, random_state=cfg.seed)
+def _probe(cfg: ProbeConfig, C: float) -> LinearProbe:
+    return LinearProbe(C=C, max_iter=cfg.max_iter, random_state=cfg.seed)
 
 
 def _cap(rows: np.ndarray, groups: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
@@ -396,23 +514,6 @@ def _replicates(correct: dict[str, np.ndarray], groups: np.ndarray,
     with np.errstate(invalid="ignore", divide="ignore"):
         acc = (w @ hits.astype(np.float32)) / w.sum(axis=1, keepdims=True)
     return {k: acc[:, i].astype(np.float64) for i, k in enumerate(correct)}
-
-
-def _metrics(acc: dict[str, np.ndarray | float]) -> dict[str, np.ndarray | float]:
-    """Accuracies and the differences derived from them (points or replicate arrays)."""
-    nan = float("nan")
-    out = {k: acc[k] for k in ("majority", "acc_a", "transfer", "retrained")}
-    out["control_a"] = acc.get("control_a", nan)
-    out["control_b"] = acc.get("control_b", nan)
-    out["selectivity_a"] = acc["acc_a"] - out["control_a"]
-    out["selectivity_b"] = acc["retrained"] - out["control_b"]
-    out["transfer_drop"] = acc["acc_a"] - acc["transfer"]
-    out["retrained_drop"] = acc["acc_a"] - acc["retrained"]
-    kept = survival(acc["transfer"], acc["acc_a"], acc["majority"])
-    out["survival"] = float(kept) if np.ndim(kept) == 0 else kept
-    if np.ndim(acc["acc_a"]) == 0:
-        out = {k: float(v) for k, v in out.items()}
-    return out
 
 
 def _stratify(strata: dict[str, np.ndarray], tr: np.ndarray, te: np.ndarray,
@@ -472,6 +573,7 @@ def _concepts(store, cfg: ProbeConfig) -> list[str]:
 def _hooks(store_a, store_b, cfg: ProbeConfig) -> list[str]:
     shared = [h for h in store_a.hooks if h in store_b.hooks]
     if cfg.hooks is None:
+        shared = [h for h in shared if h != EMBED_HOOK] or shared
         if not shared:
             raise LensbiasError(f"{store_a.path} and {store_b.path} share no hook; A has "
                                 f"{', '.join(store_a.hooks)}, B has {', '.join(store_b.hooks)}")
@@ -481,6 +583,23 @@ def _hooks(store_a, store_b, cfg: ProbeConfig) -> list[str]:
         raise LensbiasError(f"hook {', '.join(missing)} is not in both stores; they share "
                             f"{', '.join(shared) or 'none'}")
     return list(cfg.hooks)
+
+
+def document_ids(store) -> Int[np.ndarray, " tokens"]:
+    """Per token, an id of its source document: the ``doc`` label (UD), else ``file``
+    (code), else its own example; ids of the three kinds never collide."""
+    example = store.tokens()["example"].astype(np.int64)
+    out = np.full(len(example), -1, np.int64)
+    offset = 0
+    for name in DOCUMENT_LABELS:
+        if name in store.label_sets:
+            codes = store.labels(name)
+            free = (out < 0) & (codes >= 0)
+            out[free] = codes[free] + offset
+            offset += len(store.classes(name))
+    missing = out < 0
+    out[missing] = example[missing] + offset
+    return np.unique(out, return_inverse=True)[1].astype(np.int64)
 
 
 def _strata(store) -> dict[str, np.ndarray]:
