@@ -271,14 +271,21 @@ def _dequantized(folder: Path, cls: Any, dtype: torch.dtype, trust: bool) -> Any
         model = cls.from_config(config, dtype=dtype, trust_remote_code=trust) if trust else \
             cls._from_config(config, dtype=dtype)
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    tied = {k for k in model.state_dict() if k not in state and _is_tied(model, k)}
-    for k in tied:
-        state[k] = model.state_dict()[k]
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise LensbiasError(f"{folder}: dequantized weights do not fit the model "
-                            f"({_line(err)})") from None
+    own = model.state_dict()
+    for k in own:
+        if k not in state and _is_tied(model, k):
+            state[k] = own[k]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own
+              if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        what = "; ".join(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                         for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                             ("shape", shapes)) if keys)
+        raise LensbiasError(f"{folder}: dequantized weights do not fit the {cls.__name__} "
+                            f"built from config.json ({what})")
+    model.load_state_dict(state, strict=True)
     return model.eval()
 
 
