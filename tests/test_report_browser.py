@@ -105,3 +105,98 @@ def test_sweep_report_renders_sorts_and_filters_in_chromium(tmp_path):
         page.screenshot(path=str(tmp_path / "sweep.png"), full_page=True)
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
     assert errors == []
+    assert layout_problems(path, widths=(1400,)) == []  # long hostile names wrap, stay inside
+
+
+# --- layout: what a reader sees ------------------------------------------------------------
+
+LAYOUT = """() => {
+  const problems = [];
+  const de = document.documentElement;
+  if (de.scrollWidth > window.innerWidth)
+    problems.push(`page scrolls sideways: ${de.scrollWidth} > ${window.innerWidth}`);
+  const box = (svg, el) => {  // el's bounding box in its svg's viewBox coordinates
+    const b = el.getBBox();
+    const m = svg.getScreenCTM().inverse().multiply(el.getScreenCTM());
+    const pts = [[b.x, b.y], [b.x + b.width, b.y], [b.x, b.y + b.height],
+                 [b.x + b.width, b.y + b.height]].map(([x, y]) => new DOMPoint(x, y).matrixTransform(m));
+    const xs = pts.map(p => p.x), ys = pts.map(p => p.y);
+    return {x0: Math.min(...xs), y0: Math.min(...ys), x1: Math.max(...xs), y1: Math.max(...ys)};
+  };
+  const meets = (a, b) => a.x0 < b.x1 - 0.5 && b.x0 < a.x1 - 0.5 && a.y0 < b.y1 - 0.5 && b.y0 < a.y1 - 0.5;
+  document.querySelectorAll('svg').forEach((svg, i) => {
+    const name = `svg ${i} (${svg.getAttribute('aria-label')})`;
+    const vb = svg.viewBox.baseVal;
+    const frame = svg.parentElement.getBoundingClientRect(), own = svg.getBoundingClientRect();
+    if (own.right > frame.right + 0.5 || own.left < frame.left - 0.5)
+      problems.push(`${name} is wider than its frame: ${own.width} > ${frame.width}`);
+    const texts = Array.from(svg.querySelectorAll('text')).map(t => [t, box(svg, t)]);
+    texts.forEach(([t, b]) => {
+      if (b.x0 < vb.x - 0.5 || b.y0 < vb.y - 0.5 || b.x1 > vb.x + vb.width + 0.5 || b.y1 > vb.y + vb.height + 0.5)
+        problems.push(`${name}: text "${t.textContent}" is cut off by the chart's edge`);
+    });
+    texts.forEach(([t, b], k) => texts.slice(k + 1).forEach(([u, c]) => {
+      if (meets(b, c)) problems.push(`${name}: "${t.textContent}" overlaps "${u.textContent}"`);
+    }));
+    svg.querySelectorAll('text.value').forEach(t => {
+      const b = box(svg, t);
+      svg.querySelectorAll('.whisker').forEach(w => {
+        const c = box(svg, w);
+        if (meets(b, {x0: c.x0 - 0.5, y0: c.y0, x1: c.x1 + 0.5, y1: c.y1}))
+          problems.push(`${name}: an error bar strikes through the value label "${t.textContent}"`);
+      });
+    });
+  });
+  return problems;
+}"""
+
+
+def layout_problems(path: Path, widths: tuple[int, ...] = (1400, 800)) -> list[str]:
+    """Horizontal overflow, charts wider than their frame, chart text cut off by (outside
+    the viewBox of) its SVG or overlapping other text, value labels crossed by error bars;
+    at each window width."""
+    problems = []
+    with open_page(path) as (page, errors):
+        for width in widths:
+            page.set_viewport_size({"width": width, "height": 1000})
+            problems += [f"at {width} px: {p}" for p in page.evaluate(LAYOUT)]
+        assert errors == []
+    return problems
+
+
+def test_layout_check_fails_on_overflow_and_clipped_text(tmp_path):
+    """The check itself: a page wider than the window and an SVG whose text runs past its
+    viewBox are both reported."""
+    bad = tmp_path / "bad.html"
+    bad.write_text("<!DOCTYPE html><html><body style='margin:0'><div style='width:1500px'>x</div>"
+                   "<figure><svg viewBox='0 0 100 50' width='100' height='50'>"
+                   "<text x='60' y='20' style='font-size:12px'>far too long a title</text>"
+                   "<text x='5' y='40' class='value'>0.5</text>"
+                   "<line x1='10' y1='30' x2='10' y2='45' class='whisker' stroke='black'/>"
+                   "</svg></figure></body></html>", encoding="utf-8")
+    problems = layout_problems(bad, widths=(1400,))
+    assert any("scrolls sideways" in p for p in problems)
+    assert any("far too long a title" in p and "cut off" in p for p in problems)
+    assert any("strikes through" in p for p in problems)
+
+
+def test_diff_report_layout(report):
+    assert layout_problems(report) == []
+
+
+def test_committed_study_report_layout(tmp_path):
+    """The sweep report of the committed study (13 interaction bars, seven phase-curve
+    panels, long method names) fits the window, and no chart text is cut off."""
+    import gzip
+    import json
+
+    from lensbias.report.sweep import render_sweep_html
+    from lensbias.sweep import analyse
+
+    results = Path(__file__).parent.parent / "docs" / "study" / "study-results.jsonl.gz"
+    with gzip.open(results, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    path = tmp_path / "study.html"
+    path.write_text(render_sweep_html(rows, analyse(rows, n_boot=20), linked=set()),
+                    encoding="utf-8")
+    assert layout_problems(path) == []

@@ -11,7 +11,7 @@ import math
 from html import escape
 from typing import Any
 
-from lensbias.report.svg import bar_chart, line_chart
+from lensbias.report.svg import PALETTE, bar_chart, line_chart
 from lensbias.report.static import CSS, JS
 
 
@@ -112,6 +112,13 @@ def best_rows(probes: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(best.values(), key=lambda r: (str(r.get("domain")), str(r.get("concept"))))
 
 
+GEOMETRY_AXES = {"anisotropy": ("mean cosine similarity", 1.0),
+                 "isoscore": ("IsoScore (1 = isotropic)", 1.0),
+                 "effective_rank": ("effective rank (dimensions)", None)}
+"""Per-layer geometry charts: y-axis title and the top the axis reaches at least (every
+axis starts at 0)."""
+
+
 def _layer_plots(probes: dict[str, Any], geometry: dict[str, Any]) -> str:
     charts = []
     rows = probes.get("rows", [])
@@ -122,18 +129,24 @@ def _layer_plots(probes: dict[str, Any], geometry: dict[str, Any]) -> str:
             "A": [by_layer.get(x, {}).get("acc_a") for x in layers],
             "A's probe on B": [by_layer.get(x, {}).get("transfer") for x in layers],
             "retrained on B": [by_layer.get(x, {}).get("retrained") for x in layers],
-            "majority": [by_layer.get(x, {}).get("majority") for x in layers]},
-            dashed=("majority",)))
+            "majority": [by_layer.get(x, {}).get("majority") for x in layers],
+            **({"floor": [by_layer.get(x, {}).get("floor") for x in layers]}
+               if any(r.get("floor") is not None for r in by_layer.values()) else {})},
+            y_label="accuracy", y_to=1.0, dashed=("majority", "floor")))
     cka = geometry.get("cka", [])
     g_layers = sorted({r["layer"] for r in cka if r.get("layer") is not None})
-    if cka:
+    if cka:  # axes from 0 to 1: a CKA of 0.97 must not look like a collapse
         charts.append(line_chart("Linear CKA(A, B)", g_layers, {
             d: [next((r["cka"] for r in cka if r["layer"] == x and r["domain"] == d), None)
-                for x in g_layers] for d in sorted({r["domain"] for r in cka})}))
+                for x in g_layers] for d in sorted({r["domain"] for r in cka})},
+            y_label="CKA (1 = same geometry)", y_to=1.0))
     geo_rows = geometry.get("rows", [])
+    domains = sorted({r["domain"] for r in geo_rows})
+    colors = {f"{m} {d}": PALETTE[k % len(PALETTE)] for k, d in enumerate(domains)
+              for m in ("A", "B")}  # one colour per domain; B dashed
     for metric in ("anisotropy", "isoscore", "effective_rank"):
         series = {}
-        for domain in sorted({r["domain"] for r in geo_rows}):
+        for domain in domains:
             for model in ("A", "B"):
                 series[f"{model} {domain}"] = [
                     next((r.get(metric) for r in geo_rows if r["layer"] == x
@@ -141,9 +154,13 @@ def _layer_plots(probes: dict[str, Any], geometry: dict[str, Any]) -> str:
                     for x in g_layers]
         if series:
             charts.append(line_chart(metric.replace("_", " "), g_layers, series,
+                                     y_label=GEOMETRY_AXES[metric][0],
+                                     y_to=GEOMETRY_AXES[metric][1], colors=colors,
                                      dashed=tuple(k for k in series if k.startswith("B"))))
-    return (f"<section id='layers'><h2>Per layer</h2><div class='charts'>{''.join(charts)}"
-            f"</div></section>")
+    return (f"<section id='layers'><h2>Per layer</h2><p>Every value axis starts at 0 (a "
+            f"chart that does not says \"zoomed\" and breaks its axis). Dashed: the majority "
+            f"baseline and the floor (the best of majority, a token-id lookup and the embeddings), or "
+            f"model B.</p><div class='charts'>{''.join(charts)}</div></section>")
 
 
 def _features(saes: dict[str, Any]) -> str:
@@ -199,24 +216,42 @@ def _context(c: dict[str, Any]) -> str:
             f"<div class='side'><i>B</i>{row(act_b)}</div></div>")
 
 
+MIN_BUCKET_TOKENS = 50
+"""A frequency bucket with fewer tokens is listed (greyed) but not charted: its mean is
+too noisy to set the chart's scale (e.g. a 3-token "unseen" bucket)."""
+
+
 def _behaviour(beh: dict[str, Any] | None) -> str:
     if not beh:
         return "<section id='behaviour'><h2>Behaviour</h2><p>Not measured (encoder model).</p></section>"
     bpb = beh.get("bits_per_byte") or {}
-    bars = [(f"{m} {d}", v, None) for m in ("A", "B") for d, v in (bpb.get(m) or {}).items()]
+    bars = [(d, v, None) for m in ("A", "B") for d, v in (bpb.get(m) or {}).items()]
+    models = [f"model {m}" for m in ("A", "B") for _ in (bpb.get(m) or {})]
     buckets = beh.get("by_bucket") or {}
-    extra = [(b, s.get("extra"), (s.get("ci") or {}).get("extra"))
-             for b, s in buckets.items() if s.get("n")]
-    rows = "".join(f"<tr><td>{esc(b)}</td><td>{esc(s.get('n'))}</td><td>{fmt(s.get('loss_a'))}</td>"
-                   f"<td>{fmt(s.get('loss_b'))}</td><td>{fmt(s.get('extra'))}</td>"
-                   f"<td class='ci'>{fmt_ci((s.get('ci') or {}).get('extra'))}</td></tr>"
-                   for b, s in buckets.items())
-    return (f"<section id='behaviour'><h2>Behaviour</h2><div class='charts'>"
-            f"{bar_chart('Bits per byte, held-out text', bars)}"
-            f"{bar_chart('Extra loss of B (nats/token) by token frequency', extra)}</div>"
-            f"<table><thead><tr><th>frequency bucket</th><th>tokens</th><th>loss A</th>"
-            f"<th>loss B</th><th>extra</th><th>CI</th></tr></thead><tbody>{rows}</tbody></table>"
-            f"</section>")
+    big = {b: s for b, s in buckets.items() if (s.get("n") or 0) >= MIN_BUCKET_TOKENS}
+    small = [f"{b} ({s.get('n') or 0} tokens)" for b, s in buckets.items() if b not in big]
+    extra = [(b, s.get("extra"), (s.get("ci") or {}).get("extra")) for b, s in big.items()]
+    left_out = (f"Not charted, under {MIN_BUCKET_TOKENS} tokens: {', '.join(small)}."
+                if small else "")
+    rows = "".join(
+        f"<tr{'' if b in big else ' class=small'}><td>{esc(b)}</td><td>{esc(s.get('n'))}</td>"
+        f"<td>{esc(s.get('n_examples', '–'))}</td><td>{fmt(s.get('loss_a'))}</td>"
+        f"<td>{fmt(s.get('loss_b'))}</td><td>{fmt(s.get('extra'))}</td>"
+        f"<td class='ci'>{fmt_ci((s.get('ci') or {}).get('extra'))}</td></tr>"
+        for b, s in buckets.items())
+    bpb_chart = bar_chart("Bits per byte on held-out text", bars, groups=models, width=400,
+                          y_label="bits per byte", x_label="held-out text domain")
+    extra_chart = bar_chart("Extra loss of B by token frequency, 95% interval", extra,
+                            width=460, y_label="extra loss (nats/token)",
+                            x_label="frequency bucket (training-data counts)",
+                            notes=[f"n={s.get('n'):,}" for s in big.values()], note=left_out)
+    return (f"<section id='behaviour'><h2>Behaviour</h2><div class='charts'>{bpb_chart}"
+            f"{extra_chart}</div><p>Extra loss: B's mean next-token loss minus A's on a "
+            f"bucket's tokens; the interval is a bootstrap over examples; greyed rows are not "
+            f"charted (under {MIN_BUCKET_TOKENS} tokens).</p>"
+            f"<table><thead><tr><th>frequency bucket</th><th>tokens</th><th>examples</th>"
+            f"<th>loss A</th><th>loss B</th><th>extra</th><th>95% CI</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table></section>")
 
 
 def _provenance(prov: dict[str, Any]) -> str:

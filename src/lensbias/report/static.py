@@ -6,10 +6,15 @@ h1{font-size:22px;margin:18px 0 2px}h2{border-bottom:1px solid #ddd;padding-bott
 .sub{color:#666;margin:0}.headline{font-size:17px}
 table{border-collapse:collapse;margin:8px 0;width:100%}th,td{padding:3px 8px;border-bottom:1px solid #eee;text-align:left}
 th{cursor:pointer;background:#f6f6f6}td.ci{color:#777;font-size:12px}
-.charts{display:flex;flex-wrap:wrap;gap:8px}.chart{margin:0;border:1px solid #eee;padding:4px}
-.chart figcaption{font-size:11px}.key{margin-right:8px}.key i{display:inline-block;width:10px;height:10px;margin-right:3px}
-svg .axis{stroke:#999}svg .tick{font-size:10px;fill:#555}svg .ctitle{font-size:12px;font-weight:600}
-svg .whisker{stroke:#000;stroke-width:1.5}
+.charts{display:flex;flex-wrap:wrap;gap:8px}.chart{margin:0 0 8px;border:1px solid #eee;padding:4px;max-width:100%;box-sizing:border-box}
+.chart svg{display:block;max-width:100%;height:auto}
+.chart figcaption{font-size:11px}.key{margin-right:10px;white-space:nowrap}.key i{display:inline-block;width:10px;height:10px;margin-right:3px}
+.key i.dash{width:16px;height:3px;vertical-align:middle}.chart .note{color:#666}
+svg .axis{stroke:#999}svg .axis.zero{stroke:#555}svg .grid{stroke:#eee}svg .tick{font-size:10px;fill:#555}
+svg .tick.sub{fill:#888}svg .atitle{font-size:10px;fill:#333}svg .ctitle{font-size:12px;font-weight:600}
+svg .whisker{stroke:#333;stroke-width:1.2}svg .break{stroke:#555;fill:none;stroke-width:1.2}
+tr.small td{color:#999}
+section{overflow-x:auto}code.cid{font-size:12px;color:#555}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:8px}
 .card{border:1px solid #ddd;border-left:5px solid #999;padding:6px;font-size:12px}
 .card.survived{border-left-color:#2ca02c}.card.blurred{border-left-color:#ff7f0e}

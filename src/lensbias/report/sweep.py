@@ -80,13 +80,49 @@ def _interaction(inter: dict[str, Any]) -> str:
         "method", "param", "level", "interaction", "95% CI", "S(code | code calib)",
         "S(code | prose calib)", "S(prose | code calib)", "S(prose | prose calib)", "seeds"],
         body)
+    shown = [r for r in rows if r.get("interaction") is not None]
     bars = [(f"{r.get('method')}:{r.get('level')}", r.get("interaction"), r.get("ci"))
-            for r in rows if r.get("interaction") is not None]
-    chart = bar_chart("Interaction (> 0: calibration protects its own domain)", bars,
-                      width=max(480, 96 * len(bars) + 60))
+            for r in shown]
+    chart = bar_chart("Interaction (> 0: calibration protects its own domain), 95% interval",
+                      bars, width=_bar_width(len(bars), 84), groups=[_side(r.get("ci"))
+                                                                     for r in shown],
+                      colors=SIDE_COLORS, y_label="interaction (survival)",
+                      x_label="method:level")
     return (f"<section id='interaction'><h2>Calibration × concept domain</h2>"
             f"<p>{esc(inter.get('definition', ''))}; S is mean survival. Interval: percentile "
             f"bootstrap over seeds and concepts.</p>{chart}{table}</section>")
+
+
+SIDE_COLORS = {"interval above 0": "#1f77b4", "interval below 0": "#d62728",
+               "interval includes 0": "#9e9e9e"}
+CALIB_COLORS = {"code": "#1f77b4", "prose": "#ff7f0e", "mixed": "#2ca02c",
+                "no calibration": "#555555"}
+MAX_CHART = 1140
+"""Widest chart (px): fits the page's 1200 px column with the frame's padding."""
+
+
+def _bar_width(n: int, per_bar: int) -> int:
+    return max(480, min(MAX_CHART, per_bar * n + 80))
+
+
+def _side(ci: Any) -> str:
+    """Where a bar's interval lies against 0 (the headline counts the same three)."""
+    if ci and ci[0] is not None and ci[0] > 0:
+        return "interval above 0"
+    if ci and ci[1] is not None and ci[1] < 0:
+        return "interval below 0"
+    return "interval includes 0"
+
+
+def _data_free(method: str) -> bool:
+    """True for a method that uses no calibration data (magnitude: weights alone); its
+    calibration domain is a label of the cell, not an input. ``@targets`` is stripped."""
+    try:
+        from lensbias.compress.base import METHODS
+    except ImportError:  # pragma: no cover - the report still renders without torch
+        return False
+    known = METHODS.get(method.split("@", 1)[0])
+    return known is not None and not known.needs_inputs
 
 
 def _curves(curves: dict[str, Any]) -> str:
@@ -98,22 +134,31 @@ def _curves(curves: dict[str, Any]) -> str:
         descending = bool(group[0].get("descending"))
         levels = sorted({p["level"] for c in group for p in c.get("points", [])},
                         reverse=descending)
-        series = {}
+        free = _data_free(method)
+        series, colors, dashed = {}, {}, []
         for c in group:
             at = {p["level"]: p.get("survival") for p in c.get("points", [])}
-            series[f"{c.get('concept_domain')} | calib {c.get('calib')}"] = [
-                at.get(lv) for lv in levels]
+            calib = "no calibration" if free else str(c.get("calib"))
+            name = (f"{c.get('concept_domain')} concepts"
+                    + ("" if free else f", {c.get('calib')} calibration"))
+            series[name] = [at.get(lv) for lv in levels]
+            colors[name] = CALIB_COLORS.get(calib, "#8c564b")
+            if c.get("concept_domain") == "prose":
+                dashed.append(name)
             collapse.append(
-                f"<tr><td>{esc(method)}</td><td>{esc(c.get('calib'))}</td>"
-                f"<td>{esc(c.get('concept_domain'))}</td><td>{esc(param)}</td>"
+                f"<tr><td>{esc(method)}</td><td>{esc('none (data-free)' if free else c.get('calib'))}"
+                f"</td><td>{esc(c.get('concept_domain'))}</td><td>{esc(param)}</td>"
                 f"<td>{fmt(c.get('collapse_level'))}</td></tr>")
-        charts.append(line_chart(f"{method}: survival vs {param} (harder →)", levels, series,
-                                 y_label="mean survival"))
+        charts.append(line_chart(
+            f"{method}: survival vs {param}, harder →", levels, series, y_label="mean survival",
+            x_label=f"{param}{' (data-free: no calibration)' if free else ''}", y_to=1.0,
+            width=540, height=270, colors=colors, dashed=tuple(dashed)))
     table = sortable_table("collapse-table",
                            ["method", "calib", "concepts", "level", "collapse level"], collapse)
     return (f"<section id='curves'><h2>Phase curves</h2><p>Mean survival per level, read "
             f"towards harder compression; the collapse level is where it first drops below "
-            f"{fmt(curves.get('threshold'), 2)} (interpolated; – if never).</p>"
+            f"{fmt(curves.get('threshold'), 2)} (interpolated; – if never). Colour: the "
+            f"calibration domain; solid: code concepts, dashed: prose concepts.</p>"
             f"<div class='charts'>{''.join(charts)}</div>{table}</section>")
 
 
@@ -129,7 +174,8 @@ def _scatter(av: dict[str, Any]) -> str:
     per = ", ".join(f"{m}: {fmt(v.get('rho'), 2)} (n={v.get('n_cells')})"
                     for m, v in (av.get("by_method") or {}).items())
     chart = scatter_chart("Anisotropy change vs survival loss, one point per cell", groups,
-                          x_label="Δ anisotropy (B − A)", y_label="1 − mean survival")
+                          x_label="Δ anisotropy (B − A)", y_label="1 − mean survival",
+                          width=560, height=340)
     return (f"<section id='scatter'><h2>Geometry vs concept loss</h2>"
             f"<p>Spearman ρ across {esc(av.get('n_cells', 0))} cells: "
             f"{fmt(rho, 2) if _num(rho) else '–'}; by method: {esc(per) or '–'}.</p>"
@@ -149,10 +195,11 @@ def _models(view: dict[str, Any]) -> str:
     table = sortable_table("model-table", [
         "model", "domain", "bits/byte A", "probe acc A", "acc − majority", "CI",
         "survival", "CI"], body)
-    bars = [(f"{r.get('model')} {r.get('domain')}", r.get("gain"), r.get("gain_ci"))
-            for r in rows]
-    chart = bar_chart("Probe accuracy above majority, per model and domain", bars,
-                      width=max(480, 130 * len(bars) + 60))
+    bars = [(str(r.get("model")), r.get("gain"), r.get("gain_ci")) for r in rows]
+    chart = bar_chart("Probe accuracy above majority, per model and domain, 95% interval",
+                      bars, width=_bar_width(len(bars), 110),
+                      groups=[f"{r.get('domain')} concepts" for r in rows],
+                      y_label="accuracy − majority", x_label="model")
     return (f"<section id='models'><h2>Original models: training data</h2><p>Each original "
             f"model's bits per byte on held-out text of a domain (lower: compresses it "
             f"better) beside its probe accuracy on that domain's concepts.</p>{chart}{table}"
@@ -181,11 +228,23 @@ def _cells(rows: list[dict[str, Any]], linked: set[str] | None) -> str:
             f"<td>{esc(r.get('seed'))}</td><td>{fmt(mean['code'])}</td>"
             f"<td>{fmt(mean['prose'])}</td><td>{fmt(r.get('bpb_b_code'))}</td>"
             f"<td>{fmt(r.get('bpb_b_prose'))}</td><td>{fmt(r.get('cell_seconds'), 1)}</td>"
-            + (f"<td><a href='cells/{esc(cid)}/report.html'>{esc(cid)}</a></td></tr>"
-               if linked is None or cid in linked else f"<td>{esc(cid)}</td></tr>"))
+            + (f"<td><a href='cells/{esc(cid)}/report.html'>report</a> "
+               f"<code class='cid'>{esc(cid)}</code></td></tr>"
+               if linked is None or cid in linked else
+               f"<td><code class='cid' title='no report beside this page'>{esc(cid)}</code>"
+               f"</td></tr>"))
+    n_linked = len(per) if linked is None else len(linked & set(per))
+    if n_linked == len(per):
+        note, last = "Each cell links to its own diff report.", "cell report"
+    else:
+        note = (f"{'No' if n_linked == 0 else f'Only {n_linked} of {len(per)}'} cell diff "
+                f"reports are beside this page: a sweep writes each to "
+                f"cells/&lt;cell id&gt;/report.html in its folder (run lensbias sweep-report "
+                f"there to link them); the cell id names that folder.")
+        last = "cell id" if n_linked == 0 else "cell report / id"
     table = sortable_table("cell-table", [
         "model", "method", "level", "calib", "seed", "survival code", "survival prose",
-        "bits/byte B code", "bits/byte B prose", "seconds", "cell report"], body)
-    return (f"<section id='cells'><h2>Cells</h2>"
+        "bits/byte B code", "bits/byte B prose", "seconds", last], body)
+    return (f"<section id='cells'><h2>Cells</h2><p>{note}</p>"
             f"<input id='cell-filter' data-filter='cell-table' type='search' "
             f"placeholder='filter cells'>{table}</section>")
