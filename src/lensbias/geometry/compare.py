@@ -47,6 +47,8 @@ class GeometryConfig:
     """Domains with fewer tokens are skipped."""
     twonn: bool = False
     """Also estimate TwoNN intrinsic dimension on up to 2000 sampled rows (O(2000²·d))."""
+    hooks: tuple[str, ...] | None = None
+    """Hooks to measure (None: every hook either store holds)."""
     ch_tokens: int = 64
     """Compression Hacking's sample: the first this many tokens of each example in the domain
     (the paper truncates every sentence to 64 tokens)."""
@@ -163,6 +165,8 @@ def compare_geometry(store_a: ActivationStore, store_b: ActivationStore,
     examples = np.asarray(store_a.tokens()["example"], np.int64)
     report = GeometryReport(store_a.model_name, store_b.model_name, store_a.dataset_name, config)
     order = store_a.hooks + [h for h in store_b.hooks if h not in store_a.hooks]
+    if config.hooks is not None:
+        order = [h for h in order if h in config.hooks]
     for hook in order:
         stores = {name: s for name, s in (("A", store_a), ("B", store_b)) if hook in s.hooks}
         _compare_hook(hook, stores, domains, examples, config, report)
