@@ -176,6 +176,14 @@ def test_compressors_and_store_run_on_a_loaded_checkpoint(causal, tmp_path):
     with ActivationStore(path) as store:
         acts, labels = store.load("blocks.1.hook_resid_post", "kind")
         assert acts.shape[1] == 64 and len(labels) == acts.shape[0] > 0
+    # saved as a lensbias folder (with its transformers tokenizer) and read back exactly
+    from lensbias.compress.save import save_compressed
+
+    back = load_model(save_compressed(result, tmp_path / "wanda"))
+    assert back.source == "folder" and back.weights_hash() == result.lm.weights_hash()
+    ids = torch.tensor([lm.tokenizer.encode(TEXT).ids])
+    assert back.tokenizer.encode(TEXT).ids == ids[0].tolist()
+    assert torch.equal(adapter.logits(back.model, ids), adapter.logits(result.lm.model, ids))
 
 
 def test_diff_runs_on_a_pair_of_checkpoints(causal, tmp_path):
@@ -342,3 +350,49 @@ def test_fold_is_exact_through_layernorm():
         fold_unembed_bias(w_u, b_u, w, w * 0)  # bias zero: nothing to carry b_U through
     same, size = fold_unembed_bias(w_u, torch.zeros(v, dtype=torch.float64), w, b)
     assert size == 0 and torch.equal(same, w_u)  # no bias: the head is copied as it is
+
+
+def test_bfloat16_checkpoint_loads_in_float32(causal, tmp_path):
+    folder, hf = causal["qwen2"]
+    half = transformers.Qwen2ForCausalLM(hf.config)
+    half.load_state_dict(hf.state_dict())
+    half = half.to(torch.bfloat16)
+    half.save_pretrained(tmp_path / "bf16")
+    load_model(folder).tokenizer.hf.save_pretrained(tmp_path / "bf16")
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
+    lm = load_model(tmp_path / "bf16")
+    assert all(p.dtype == torch.float32 for p in lm.model.parameters())
+    ids = torch.tensor([lm.tokenizer.encode(TEXT).ids])
+    # transformers' own float32 load of it (``half.float()`` would keep a rounded rotary
+    # inv_freq buffer)
+    ref_model = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path / "bf16",
+                                                              dtype=torch.float32).eval()
+    assert all(p.dtype == torch.float32 for p in ref_model.parameters())
+    with torch.no_grad():
+        ref = ref_model(ids).logits
+    assert (adapter.logits(lm.model, ids) - ref).abs().max() < TOL
+
+
+class _Payload:
+    """Unpickling this creates folder ``marker``: proof that a pickle ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):  # noqa: ANN204
+        import os
+
+        return (os.mkdir, (self.marker,))
+
+
+def test_hostile_pytorch_model_bin_never_runs(causal, tmp_path, capsys):
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    for f in causal["pythia"][0].iterdir():
+        if f.name != "pytorch_model.bin":
+            (folder / f.name).symlink_to(f)
+    marker = tmp_path / "pwned"
+    torch.save({"gpt_neox.embed_in.weight": _Payload(marker)}, folder / "pytorch_model.bin")
+    err = _one_line_error(["export", str(folder), "--hf", str(tmp_path / "x")], capsys)
+    assert "could not read the weights" in err
+    assert not marker.exists()
