@@ -83,6 +83,22 @@ def test_dense_folders_single_sharded_and_bin(tmp_path):
         loaded.load_state_dict(state, strict=True)
 
 
+def test_keys_are_the_checkpoints_own_class(tmp_path):
+    """architectures[0] decides the key names where transformers has that class: a bare
+    BertModel keeps its keys (no 'bert.' prefix, its pooler)."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                     intermediate_size=128, vocab_size=256,
+                                     max_position_embeddings=32)
+    model = transformers.BertModel(config).eval()
+    model.save_pretrained(tmp_path / "bert")
+    state, _ = read_state_dict(tmp_path / "bert")
+    truth = model.state_dict()
+    assert set(state) == set(truth) and "pooler.dense.weight" in state
+    for key, value in truth.items():
+        assert torch.equal(state[key], value), key
+
+
 def test_dense_errors_missing_unused_mismatched(tmp_path):
     model = tiny_llama()
     truth = {k: v.clone() for k, v in model.state_dict().items()}
@@ -287,16 +303,32 @@ def autogptq_pack_qzeros(zeros: np.ndarray, bits: int) -> np.ndarray:
     return np.ascontiguousarray(autogptq_pack_qweight(zeros.T, bits).T)
 
 
+def tiny_gpt2(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=32,
+                                     vocab_size=256)
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+def conv1d_names(model: torch.nn.Module) -> list[str]:
+    from transformers.pytorch_utils import Conv1D
+    return [n for n, m in model.named_modules() if isinstance(m, Conv1D)]
+
+
 def gptq_checkpoint(folder: Path, bits: int, group_size: int, act_order: bool, v1: bool,
-                    seed: int = 0, zero_bias: bool = False) -> dict[str, torch.Tensor]:
-    """A GPTQ folder of a tiny Llama: every Linear quantized with random levels, zeros and
-    scales (and a random permutation of groups for act-order). Returns W = s[g] * (q - z[g])."""
-    model = tiny_llama(seed)
+                    seed: int = 0, zero_bias: bool = False,
+                    model: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """A GPTQ folder of a tiny Llama (or ``model``): every Linear (GPT-2: Conv1D) quantized
+    with random levels, zeros and scales (and a random permutation of groups for act-order).
+    Returns W = s[g] * (q - z[g]), transposed to GPT-2's [in, out] for a Conv1D, as
+    AutoGPTQ quantizes Conv1D's transpose."""
+    conv1d = model is not None
+    model = tiny_llama(seed) if model is None else model
     rng = np.random.default_rng(seed)
     tensors = {k: v.clone() for k, v in model.state_dict().items()}
     expected = dict(tensors)
-    for name in linear_names(model):
-        d_out, d_in = tensors.pop(f"{name}.weight").shape
+    for name in conv1d_names(model) if conv1d else linear_names(model):
+        d_out, d_in = tensors.pop(f"{name}.weight").shape[::-1 if conv1d else 1]
         n_groups = 1 if group_size == -1 else d_in // group_size
         g_idx = np.arange(d_in) // (d_in if group_size == -1 else group_size)
         if act_order:
@@ -313,7 +345,7 @@ def gptq_checkpoint(folder: Path, bits: int, group_size: int, act_order: bool, v
             tensors[f"{name}.bias"] = torch.zeros(d_out, dtype=torch.float16)
         gi = torch.from_numpy(g_idx)
         w = s.float()[gi] * (torch.from_numpy(q) - torch.from_numpy(z)[gi]).float()  # [in, out]
-        expected[f"{name}.weight"] = w.T.contiguous()
+        expected[f"{name}.weight"] = w if conv1d else w.T.contiguous()
     write_config(folder, model, {"quant_method": "gptq", "bits": bits, "group_size": group_size,
                                  "desc_act": act_order, "sym": False,
                                  "checkpoint_format": "gptq" if v1 else "gptq_v2"})
@@ -332,6 +364,19 @@ def test_gptq_gives_back_scales_times_q_minus_z(tmp_path, bits, group_size, act_
     assert set(state) == set(expected)
     for key, value in expected.items():
         assert torch.equal(state[key], value.float()), key
+
+
+def test_gptq_gpt2_conv1d_comes_back_in_its_own_orientation(tmp_path):
+    """GPT-2's Conv1D holds [in, out]; AutoGPTQ quantizes the [out, in] transpose. Its
+    attention output projection is square (64 x 64), so only the values can tell."""
+    model = tiny_gpt2()
+    expected = gptq_checkpoint(tmp_path / "gptq", 4, 32, True, True, model=model)
+    state, _ = read_state_dict(tmp_path / "gptq")
+    assert set(state) == set(model.state_dict())
+    assert state["transformer.h.0.attn.c_proj.weight"].shape == (64, 64)
+    for key, value in expected.items():
+        assert torch.equal(state[key], value.float()), key
+    assert torch.equal(state["lm_head.weight"], state["transformer.wte.weight"])  # tied
 
 
 def test_gptq_v1_offset_and_act_order_are_applied(tmp_path):
@@ -456,10 +501,11 @@ def test_awq_errors(tmp_path):
 # --------------------------------------------------------------------------- bitsandbytes
 
 
-@pytest.mark.parametrize("kind", ["nf4-double", "fp4", "int8"])
-def test_bitsandbytes_matches_its_own_dequantization(tmp_path, kind):
+@pytest.mark.parametrize("kind,arch", [("nf4-double", "llama"), ("fp4", "llama"),
+                                       ("int8", "llama"), ("nf4-double", "gpt2")])
+def test_bitsandbytes_matches_its_own_dequantization(tmp_path, kind, arch):
     bnb = pytest.importorskip("bitsandbytes")
-    model = tiny_llama()
+    model = tiny_llama() if arch == "llama" else tiny_gpt2()
     dense = {k: v.clone() for k, v in model.state_dict().items()}
     model.save_pretrained(tmp_path / "dense")
     if kind == "int8":
@@ -474,7 +520,7 @@ def test_bitsandbytes_matches_its_own_dequantization(tmp_path, kind):
     state, qconfig = read_state_dict(tmp_path / "bnb")
     assert qconfig["quant_method"] == "bitsandbytes"
     assert set(state) == set(dense)
-    names = linear_names(model)
+    names = linear_names(model) if arch == "llama" else conv1d_names(model)
     for name in names:
         param = quantized.get_submodule(name).weight
         if kind == "int8":  # LLM.int8 row-wise absmax: W = CB * SCB / 127
@@ -487,6 +533,8 @@ def test_bitsandbytes_matches_its_own_dequantization(tmp_path, kind):
                          <= bound).all()), name
         else:  # the in-memory quant state, not the one read back from disk
             own = bnb.functional.dequantize_4bit(param.data, param.quant_state).float()
+        if arch == "gpt2":  # bitsandbytes holds Conv1D's [in, out] weight as [out, in]
+            own = own.T
         assert torch.allclose(state[f"{name}.weight"], own, rtol=0, atol=1e-6), name
         error = (state[f"{name}.weight"] - dense[f"{name}.weight"]).norm()
         assert 0 < error < 0.2 * dense[f"{name}.weight"].norm(), name

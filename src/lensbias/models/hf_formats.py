@@ -3,7 +3,9 @@
 ``read_state_dict(folder)`` returns the state dict that ``AutoModelForCausalLM.from_config``
 of the folder's ``config.json`` expects (transformers' key names, tied weights present as
 transformers ties them), all floating tensors in float32, on CPU, plus the folder's
-quantization / sparsity config (``None`` for a dense folder) for the provenance.
+quantization / sparsity config (``None`` for a dense folder) for the provenance. Where
+``architectures[0]`` names another transformers class for the same config (``BertModel``,
+``BertForMaskedLM``), the keys are that class's.
 
 Formats read (docs/models.md, "Compressed checkpoints", says what each was checked against):
 
@@ -60,7 +62,7 @@ def read_state_dict(folder: Path) -> tuple[dict[str, Tensor], dict | None]:
     qconfig = _quantization_config(folder, raw_config)
     tensors = _read_tensors(folder)
     config = _hf_config(folder, raw_config)
-    model_cls = _causal_lm_class(folder, config)
+    model_cls = _model_class(folder, config)
     method = None if qconfig is None else str(qconfig.get("quant_method", "")).lower()
     if qconfig is not None and method not in METHODS:
         raise LensbiasError(
@@ -73,7 +75,7 @@ def read_state_dict(folder: Path) -> tuple[dict[str, Tensor], dict | None]:
     elif method == "awq":
         tensors = _dequantize_awq(folder, tensors, qconfig, config, model_cls)
     elif method == "bitsandbytes":
-        tensors = _dequantize_bitsandbytes(folder, tensors, qconfig)
+        tensors = _dequantize_bitsandbytes(folder, tensors, qconfig, _meta_model(config, model_cls))
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     return _load_as_transformers(folder, tensors, config, model_cls), qconfig
 
@@ -205,8 +207,16 @@ def _hf_config(folder: Path, raw: dict[str, Any]) -> Any:
     return config
 
 
-def _causal_lm_class(folder: Path, config: Any) -> type:
+def _model_class(folder: Path, config: Any) -> type:
+    """The checkpoint's own class (``architectures[0]``) where transformers has it for this
+    config, e.g. ``BertModel``; else ``AutoModelForCausalLM``'s class for the config. For a
+    causal LM the two are the same class."""
+    import transformers
     from transformers import AutoModelForCausalLM
+    for name in (getattr(config, "architectures", None) or [])[:1]:
+        cls = getattr(transformers, str(name), None)
+        if isinstance(cls, type) and getattr(cls, "config_class", None) is type(config):
+            return cls
     try:
         return AutoModelForCausalLM._model_mapping[type(config)]
     except KeyError:
@@ -409,7 +419,7 @@ def _dequantize_gptq(folder: Path, tensors: dict[str, Tensor], qc: dict, config:
         out[f"{module_name}.weight"] = weight
         if model is None:
             model = _meta_model(config, model_cls)
-        _drop_zero_bias(out, module_name, model)
+        _finish_layer(out, module_name, model)
     return out
 
 
@@ -503,7 +513,7 @@ def _dequantize_awq(folder: Path, tensors: dict[str, Tensor], qc: dict, config: 
             raise LensbiasError(f"{folder}: {module_name}: {err}") from None
         if model is None:
             model = _meta_model(config, model_cls)
-        _drop_zero_bias(out, module_name, model)
+        _finish_layer(out, module_name, model)
     return out
 
 
@@ -520,21 +530,34 @@ def _take(folder: Path, tensors: dict[str, Tensor], module_name: str,
     return [tensors.pop(f"{module_name}.{n}") for n in names]
 
 
-def _drop_zero_bias(tensors: dict[str, Tensor], module_name: str, model: torch.nn.Module) -> None:
-    """AutoGPTQ / AutoAWQ layers keep a ``bias`` buffer even where the original Linear had
-    none; drop it only when it is all zeros and the model's layer has no bias."""
-    bias = tensors.get(f"{module_name}.bias")
-    if bias is None or torch.any(bias):
-        return
+def _model_module(model: torch.nn.Module, module_name: str) -> torch.nn.Module | None:
+    """The layer of ``model`` a checkpoint module name refers to (with or without the
+    base-model prefix), or None."""
     modules = dict(model.named_modules())
     prefix = getattr(model, "base_model_prefix", "")
-    for name in (module_name, f"{prefix}.{module_name}",
-                 module_name.removeprefix(f"{prefix}.")):
-        module = modules.get(name)
-        if isinstance(module, torch.nn.Linear):
-            if module.bias is None:
-                del tensors[f"{module_name}.bias"]
-            return
+    for name in (module_name, f"{prefix}.{module_name}", module_name.removeprefix(f"{prefix}.")):
+        if name in modules:
+            return modules[name]
+    return None
+
+
+def _finish_layer(tensors: dict[str, Tensor], module_name: str, model: torch.nn.Module) -> None:
+    """Fit a dequantized ``[out, in]`` weight to the model's layer.
+
+    GPT-2's ``Conv1D`` stores its weight as ``[in, out]``; GPTQ, AWQ and bitsandbytes
+    quantize its transpose, so it is transposed back (a square layer would otherwise load
+    transposed without any shape error). AutoGPTQ / AutoAWQ layers keep a ``bias`` buffer
+    even where the original layer had none: it is dropped only when it is all zeros and the
+    model's layer has no bias."""
+    from transformers.pytorch_utils import Conv1D
+    layer = _model_module(model, module_name)
+    key = f"{module_name}.weight"
+    if isinstance(layer, Conv1D) and key in tensors:
+        tensors[key] = tensors[key].T.contiguous()
+    bias = tensors.get(f"{module_name}.bias")
+    if bias is not None and not torch.any(bias) and \
+            isinstance(layer, (torch.nn.Linear, Conv1D)) and layer.bias is None:
+        del tensors[f"{module_name}.bias"]
 
 
 # --------------------------------------------------------------------------- bitsandbytes
@@ -543,8 +566,8 @@ def _drop_zero_bias(tensors: dict[str, Tensor], module_name: str, model: torch.n
 _BNB_4BIT_PARTS = ("absmax", "quant_map", "nested_absmax", "nested_quant_map")
 
 
-def _dequantize_bitsandbytes(folder: Path, tensors: dict[str, Tensor],
-                             qc: dict) -> dict[str, Tensor]:
+def _dequantize_bitsandbytes(folder: Path, tensors: dict[str, Tensor], qc: dict,
+                             model: torch.nn.Module) -> dict[str, Tensor]:
     """Dequantize with bitsandbytes' own CPU functions (``dequantize_4bit``,
     ``int8_vectorwise_dequant``)."""
     four = bool(qc.get("load_in_4bit") or qc.get("_load_in_4bit"))
@@ -577,6 +600,8 @@ def _dequantize_bitsandbytes(folder: Path, tensors: dict[str, Tensor],
                 raise LensbiasError(f"{folder}: bitsandbytes could not dequantize {weight_key} "
                                     f"({type(err).__name__}: {_one_line(err)}); bitsandbytes' "
                                     f"CPU dequantization is needed") from None
+            if weight_key.endswith(".weight"):
+                _finish_layer(out, weight_key[: -len(".weight")], model)
     else:
         for key in sorted(k for k in tensors if k.endswith(".SCB")):
             module_name = key[: -len(".SCB")]
@@ -592,6 +617,7 @@ def _dequantize_bitsandbytes(folder: Path, tensors: dict[str, Tensor],
                 raise LensbiasError(f"{folder}: {key} has shape {tuple(scb.shape)}, the int8 "
                                     f"weight has {weight.shape[0]} rows")
             out[f"{module_name}.weight"] = bnb_f.int8_vectorwise_dequant(weight, scb.float()).float()
+            _finish_layer(out, module_name, model)
     return out
 
 
