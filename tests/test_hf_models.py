@@ -331,7 +331,19 @@ def test_export_a_model_folder_and_refusals(bpe, causal, tmp_path, capsys):
         ["export", llama, "--hf", str(tmp_path / "l")], capsys)
     assert "does not exist" in _one_line_error(
         ["export", str(folder), "--hf", str(tmp_path / "no" / "such")], capsys)
-    assert not (tmp_path / "l").exists()
+    assert "BERT encoder" in _one_line_error(
+        ["export", "all-MiniLM-L6-v2", "--hf", str(tmp_path / "e")], capsys)
+    assert not (tmp_path / "l").exists() and not (tmp_path / "e").exists()
+
+
+def test_export_over_tolerance_writes_nothing(bpe, tmp_path, capsys, monkeypatch):
+    import lensbias.models.export as export
+
+    monkeypatch.setattr(export, "TOLERANCE", 1e-12)  # float32 cannot meet it
+    folder = model_folder(tmp_path / "m", bpe)
+    assert "in logits (> 1e-12" in _one_line_error(
+        ["export", str(folder), "--hf", str(tmp_path / "out")], capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary folder left
 
 
 def test_fold_is_exact_through_layernorm():
