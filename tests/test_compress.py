@@ -210,6 +210,7 @@ def test_compress_cli_writes_recipe_and_measures(model_dir, tmp_path, capsys):
     assert measured["sparsity"]["attn"] == pytest.approx(0.5, abs=1e-3)
     bpb = measured["bits_per_byte"]
     assert bpb["compressed"]["code"] > 0 and bpb["original"]["prose"] > 0
+    assert measured["bits_per_byte_slice"] == "stdlib40-gumdev400"  # the one default slice
     assert read_recipe(out)["recipe"]["method"] == "wanda"
     assert main(["compress", str(model_dir), "-m", "wanda", "-o", str(out)]) == 2  # exists
     with pytest.raises(LensbiasError, match="no recipe.json"):

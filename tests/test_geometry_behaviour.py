@@ -293,6 +293,16 @@ def test_token_losses_match_direct_forward(cached, bpe):
         assert all(s.extra == 0.0 for per in report.by_concept.values() for s in per.values())
         data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
         assert BehaviourReport.from_dict(data) == report
+        assert report.bits_per_byte_slice is None  # not measured, no slice named
+
+        import lensbias.behaviour.loss as loss_module
+        with pytest.MonkeyPatch.context() as mp:  # bits/byte name their slice
+            mp.setattr(loss_module, "model_bits_per_byte", lambda lm: {"code": 1.0, "prose": 2.0})
+            measured = compare_behaviour(lm, lm, dataset, store, n_boot=10)
+        assert measured.bits_per_byte_slice == "stdlib40-gumdev400"
+        data = json.loads(json.dumps(measured.to_dict(), allow_nan=False))
+        assert data["bits_per_byte_slice"] == "stdlib40-gumdev400"
+        assert BehaviourReport.from_dict(data) == measured
 
         other = make_lm(bpe, seed=1, n_ctx=24)
         worse = compare_behaviour(lm, other, dataset, store, with_bpb=False, n_boot=50)

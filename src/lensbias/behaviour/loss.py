@@ -7,6 +7,7 @@ Losses are computed on exactly the windows the cache was written with, so row i 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 
-from lensbias.compress.measure import model_bits_per_byte
+from lensbias.compress.measure import HELD_OUT_SLICE, model_bits_per_byte
 from lensbias.concepts.frequency import BUCKETS, FREQ_LABEL_SET
 from lensbias.concepts.schema import ConceptDataset
 from lensbias.errors import LensbiasError
@@ -110,13 +111,18 @@ class BehaviourReport:
     by_domain: dict[str, LossStats] = field(default_factory=dict)
     by_concept: dict[str, dict[str, LossStats]] = field(default_factory=dict)
     """Token label set → class → stats."""
+    bits_per_byte_slice: str | None = None
+    """Which held-out slice ``bits_per_byte`` was measured on (``measure.HELD_OUT_SLICE``)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: ``{"model_a", "model_b", "dataset", "bits_per_byte", "overall": S,
+        """JSON-ready: ``{"model_a", "model_b", "dataset", "bits_per_byte",
+        "bits_per_byte_slice", "overall": S,
         "by_bucket": {bucket: S}, "by_domain": {domain: S}, "by_concept": {set: {class: S}}}``,
         S = ``{"n", "n_examples", "loss_a", "loss_b", "extra", "ci": {name: [lo, hi]}|null}``."""
         return {"model_a": self.model_a, "model_b": self.model_b, "dataset": self.dataset,
-                "bits_per_byte": self.bits_per_byte, "overall": self.overall.to_dict(),
+                "bits_per_byte": self.bits_per_byte,
+                "bits_per_byte_slice": self.bits_per_byte_slice,
+                "overall": self.overall.to_dict(),
                 "by_bucket": {k: v.to_dict() for k, v in self.by_bucket.items()},
                 "by_domain": {k: v.to_dict() for k, v in self.by_domain.items()},
                 "by_concept": {s: {c: v.to_dict() for c, v in per.items()}
@@ -129,7 +135,8 @@ class BehaviourReport:
                    {k: LossStats.from_dict(v) for k, v in d["by_bucket"].items()},
                    {k: LossStats.from_dict(v) for k, v in d["by_domain"].items()},
                    {s: {c: LossStats.from_dict(v) for c, v in per.items()}
-                    for s, per in d["by_concept"].items()})
+                    for s, per in d["by_concept"].items()},
+                   d.get("bits_per_byte_slice"))
 
 
 def _json(v: float | None) -> float | None:
@@ -148,8 +155,9 @@ def compare_behaviour(lm_a: LoadedModel, lm_b: LoadedModel, dataset: ConceptData
     losses_b = token_losses(lm_b, dataset, store_a, batch_size)
     bpb = ({"A": model_bits_per_byte(lm_a), "B": model_bits_per_byte(lm_b)}
            if with_bpb else None)
-    return behaviour_report(losses_a, losses_b, store_a, lm_a.name, lm_b.name, bpb,
-                            n_boot, seed)
+    report = behaviour_report(losses_a, losses_b, store_a, lm_a.name, lm_b.name, bpb,
+                              n_boot, seed)
+    return dataclasses.replace(report, bits_per_byte_slice=HELD_OUT_SLICE) if with_bpb else report
 
 
 def behaviour_report(losses_a: np.ndarray, losses_b: np.ndarray, store: ActivationStore,
