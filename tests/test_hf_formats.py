@@ -388,11 +388,16 @@ def test_gptq_v1_offset_and_act_order_are_applied(tmp_path):
     (tmp_path / "g" / "config.json").write_text(json.dumps(config))
     state, _ = read_state_dict(tmp_path / "g")
     assert not torch.allclose(state[key], expected[key], atol=1e-3)
+    # and without g_idx, in plain group order
+    config["quantization_config"].update(checkpoint_format="gptq", desc_act=False)
+    (tmp_path / "g" / "config.json").write_text(json.dumps(config))
     tensors = load_file(tmp_path / "g" / "model.safetensors")
     del tensors["model.layers.0.mlp.down_proj.g_idx"]
     save_file(tensors, tmp_path / "g" / "model.safetensors")
     state, _ = read_state_dict(tmp_path / "g")
     assert not torch.allclose(state[key], expected[key], atol=1e-3)
+    assert torch.equal(state["model.layers.0.mlp.up_proj.weight"],
+                       expected["model.layers.0.mlp.up_proj.weight"])
 
 
 def test_gptq_errors(tmp_path):
@@ -411,6 +416,8 @@ def test_gptq_errors(tmp_path):
     one_line_error(folder, f"{key}.scales is missing")
     rewrite({**original, f"{key}.scales": original[f"{key}.scales"][:, :64].contiguous()})
     one_line_error(folder, key, "scales has shape (2, 64)")
+    rewrite({k: v for k, v in original.items() if k != f"{key}.g_idx"})
+    one_line_error(folder, f"{key}.g_idx is missing", "desc_act")
     rewrite({**original, f"{key}.g_idx": original[f"{key}.g_idx"] + 5})
     one_line_error(folder, key, "g_idx points outside")
     rewrite({**original, f"{key}.bias": torch.ones(128, dtype=torch.float16)})

@@ -412,6 +412,9 @@ def _dequantize_gptq(folder: Path, tensors: dict[str, Tensor], qc: dict, config:
     for module_name in _quantized_modules(out):
         qweight, qzeros, scales = _take(folder, out, module_name, ("qweight", "qzeros", "scales"))
         g_idx = out.pop(f"{module_name}.g_idx", None)
+        if g_idx is None and qc.get("desc_act"):
+            raise LensbiasError(f"{folder}: {module_name}.g_idx is missing; desc_act (act-order) "
+                                f"checkpoints need it to place each input in its group")
         try:
             weight = gptq_dequantize(qweight, qzeros, scales, g_idx, bits, group_size, plus_one)
         except ValueError as err:
