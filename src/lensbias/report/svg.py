@@ -163,7 +163,8 @@ def line_chart(title: str, xs: list[int | str], series: dict[str, list[float | N
 
     The value axis runs from ``y_from`` (a baseline; default 0) to at least ``y_to``;
     ``y_from=None`` zooms to the data and marks the axis "zoomed". ``colors``: a colour
-    per series name (default: the palette in order). ``note``: escaped text after the legend.
+    per series name (default: the palette in order). ``dashed`` series also get hollow
+    points (a single level shows no line). ``note``: escaped text after the legend.
     """
     values = _finite([v for ys in series.values() for v in ys])
     if not values or not xs:
@@ -197,7 +198,8 @@ def line_chart(title: str, xs: list[int | str], series: dict[str, list[float | N
             parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" '
                          f'stroke-width="2"{dash}/>')
         for (x, y), v in zip(points, [y for y in ys if y is not None and math.isfinite(y)]):
-            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}">'
+            fill = f'fill="#fff" stroke="{color}" stroke-width="1.5"' if dash else f'fill="{color}"'
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" {fill}>'  # hollow: dashed
                          f'<title>{escape(name)}: {v:.4g}</title></circle>')
     caption = _legend(keys) + (f' <span class="note">{escape(note)}</span>' if note else "")
     return _figure(parts, width, caption)

@@ -145,9 +145,10 @@ def _curves(curves: dict[str, Any]) -> str:
             colors[name] = CALIB_COLORS.get(calib, "#8c564b")
             if c.get("concept_domain") == "prose":
                 dashed.append(name)
+            shown_calib = "none (data-free)" if free else c.get("calib")
             collapse.append(
-                f"<tr><td>{esc(method)}</td><td>{esc('none (data-free)' if free else c.get('calib'))}"
-                f"</td><td>{esc(c.get('concept_domain'))}</td><td>{esc(param)}</td>"
+                f"<tr><td>{esc(method)}</td><td>{esc(shown_calib)}</td>"
+                f"<td>{esc(c.get('concept_domain'))}</td><td>{esc(param)}</td>"
                 f"<td>{fmt(c.get('collapse_level'))}</td></tr>")
         charts.append(line_chart(
             f"{method}: survival vs {param}, harder →", levels, series, y_label="mean survival",
@@ -158,7 +159,8 @@ def _curves(curves: dict[str, Any]) -> str:
     return (f"<section id='curves'><h2>Phase curves</h2><p>Mean survival per level, read "
             f"towards harder compression; the collapse level is where it first drops below "
             f"{fmt(curves.get('threshold'), 2)} (interpolated; – if never). Colour: the "
-            f"calibration domain; solid: code concepts, dashed: prose concepts.</p>"
+            f"calibration domain; solid line and point: code concepts, dashed line and "
+            f"hollow point: prose concepts.</p>"
             f"<div class='charts'>{''.join(charts)}</div>{table}</section>")
 
 
