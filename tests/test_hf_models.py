@@ -406,5 +406,6 @@ def test_hostile_pytorch_model_bin_never_runs(causal, tmp_path, capsys):
     marker = tmp_path / "pwned"
     torch.save({"gpt_neox.embed_in.weight": _Payload(marker)}, folder / "pytorch_model.bin")
     err = _one_line_error(["export", str(folder), "--hf", str(tmp_path / "x")], capsys)
-    assert "could not read the weights" in err
+    assert "could not read the weights" in err and "never unpickles code" in err
+    assert "weights_only` set to `False`" not in err  # torch's advice is not passed on
     assert not marker.exists()

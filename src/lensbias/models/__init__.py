@@ -1,7 +1,8 @@
 """Models, stage 4 of 4: load any model lensbias can read, by one name or folder.
 
 Built-in tiny models (``tiny-mixed``, ``tiny-code``, ``tiny-prose``), the MiniLM encoder
-(``all-MiniLM-L6-v2``), a local model folder, or a TransformerLens pretrained name (hub).
+(``all-MiniLM-L6-v2``), a local model folder, a transformers checkpoint folder
+(``models/hf.py``), or a TransformerLens pretrained name or hub id (hub).
 """
 
 from __future__ import annotations

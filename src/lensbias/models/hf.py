@@ -246,6 +246,10 @@ def _hf_model(folder: Path, cfg: dict[str, Any], arch: str, encoder: bool,
             model = cls.from_pretrained(str(folder), dtype=dtype, local_files_only=True,
                                         trust_remote_code=trust)
         except Exception as err:  # damaged or mismatched files: one line
+            if type(err).__name__ == "UnpicklingError" or "Weights only load failed" in str(err):
+                raise LensbiasError(f"{folder}: transformers could not read the weights: the "
+                                    ".bin file holds more than tensors, and lensbias never "
+                                    "unpickles code (weights_only=True)") from None
             raise LensbiasError(f"{folder}: transformers could not read the weights "
                                 f"({type(err).__name__}: {_line(err)})") from None
         return model.eval()
