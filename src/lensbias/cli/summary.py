@@ -17,7 +17,8 @@ import click
 def summary(cache_file: Path, concepts: tuple[str, ...], max_tokens: int, seed: int) -> None:
     """Probe every cached hook for each concept and print held-out accuracy.
 
-    Train/test split by example; `majority` is the most-frequent-class rate.
+    Train/test split by example; `majority` is the most-frequent-class rate. The probe is
+    the estimator `lensbias diff` fits (LinearProbe, C = 1).
 
     \b
     Examples:
@@ -26,9 +27,12 @@ def summary(cache_file: Path, concepts: tuple[str, ...], max_tokens: int, seed: 
     """
     import numpy as np
 
-    from lensbias.probes import fit_probe, grouped_split
+    from lensbias.errors import LensbiasError
+    from lensbias.probes import LinearProbe, ProbeConfig, grouped_split
     from lensbias.store import ActivationStore
 
+    cfg = ProbeConfig(seed=seed)
+    C = cfg.C if cfg.C is not None else 1.0  # one fixed C: a quick look, not a C search
     with ActivationStore(cache_file) as store:
         chosen = list(concepts) or [c for c in store.token_label_sets if c != "freq_bucket"]
         example = store.tokens()["example"]
@@ -39,9 +43,17 @@ def summary(cache_file: Path, concepts: tuple[str, ...], max_tokens: int, seed: 
             labels = store.labels(concept)
             rows = np.flatnonzero(labels >= 0)[:max_tokens]
             test = grouped_split(example[rows], seed=seed)
-            cells, result = [], None
+            y = labels[rows]
+            values, counts = np.unique(y[~test], return_counts=True)
+            if len(values) < 2 or not test.any():
+                raise LensbiasError(f"concept {concept!r}: a probe needs at least two classes "
+                                    "in training and a non-empty test split; use more examples")
+            majority = float(np.mean(y[test] == values[np.argmax(counts)]))
+            cells = []
             for hook in store.hooks:
-                result = fit_probe(store.activations(hook, rows), labels[rows], test, seed=seed)
-                cells.append(f"{result.accuracy:>26.3f}")
-            click.echo(f"{concept:<18} {result.n_classes:>7} " + " ".join(cells)
-                       + f" {result.majority:>9.3f}")
+                acts = store.activations(hook, rows)
+                probe = LinearProbe(C=C, max_iter=cfg.max_iter,
+                                    random_state=seed).fit(acts[~test], y[~test])
+                cells.append(f"{probe.score(acts[test], y[test]):>26.3f}")
+            click.echo(f"{concept:<18} {len(values):>7} " + " ".join(cells)
+                       + f" {majority:>9.3f}")
