@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from lensbias.cli.threads import threads_option
+
 # CLI option name -> method parameter name
 _PARAMS = {"sparsity": "sparsity", "nm": "nm", "bits": "bits", "group_size": "group_size",
            "symmetric": "symmetric", "act_order": "act_order", "rank_ratio": "rank_ratio",
@@ -53,6 +55,7 @@ def _layers(value: str | None) -> tuple[int, int] | None:
 @click.option("--force", is_flag=True, help="Overwrite an existing output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON.")
 @click.option("--no-eval", is_flag=True, help="Skip bits-per-byte evaluation.")
+@threads_option
 def compress(model: str, method: str, calib: str, calib_seqs: int, calib_len: int, seed: int,
              targets: str, layers: str | None, out: Path, force: bool, as_json: bool,
              no_eval: bool, **options: object) -> None:

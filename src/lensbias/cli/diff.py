@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from lensbias.cli.threads import threads_option
+
 STAGES = ("compress", "cache", "probes", "sae", "geometry", "behaviour", "report")
 
 
@@ -35,6 +37,7 @@ STAGES = ("compress", "cache", "probes", "sae", "geometry", "behaviour", "report
 @click.option("--force", is_flag=True, help="Write into an existing non-report folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@threads_option
 def diff(original: str, compressed: str | None, compress_spec: str | None, calib: str,
          datasets: tuple[str, ...], max_examples: int | None, max_chars: int,
          concepts: tuple[str, ...],

@@ -24,8 +24,12 @@ import click
 @click.option("--quick", is_flag=True,
               help="Only the first model, seed and level of each method (for CI).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch intra-op threads per cell [default: the config's `threads`, else "
+                   "cores // jobs in a pool, else 1 on <= 2 cores].")
 def sweep(config: Path, out: Path, jobs: int, executor: str, address: str | None,
-          cpus_per_cell: float, gpus_per_cell: float, quick: bool, quiet: bool) -> None:
+          cpus_per_cell: float, gpus_per_cell: float, quick: bool, quiet: bool,
+          threads: int | None) -> None:
     """Run the grid in CONFIG (YAML): compress + diff per cell, into one results table.
 
     Each cell (model × method × level × calibration domain × seed) adds its rows
@@ -41,14 +45,19 @@ def sweep(config: Path, out: Path, jobs: int, executor: str, address: str | None
       lensbias sweep sweeps/study.yaml --quick -q
       lensbias sweep sweeps/study.yaml --executor ray --address head:6379
     """
+    import dataclasses
     import json
     import os
 
+    from lensbias.cli.threads import set_threads
     from lensbias.sweep.analysis import analyse, interaction_table
     from lensbias.sweep.config import cells, load_sweep_config
     from lensbias.sweep.run import read_results, run_sweep
 
     cfg = load_sweep_config(config)
+    if threads is not None:
+        cfg = dataclasses.replace(cfg, threads=threads)
+    set_threads(cfg.threads)  # cells run in this process when jobs = 1
     if quick:
         cfg = cfg.quick()
     if not quiet:

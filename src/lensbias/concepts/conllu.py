@@ -4,8 +4,11 @@ One sentence becomes one Example whose text is the sentence's ``# text =`` line.
 
 Character spans. The reader walks the ``# text`` line with the *surface tokens* of the
 sentence (plain words, plus multiword-token lines such as ``3-4 didn't``); each surface form
-is looked up at the cursor after skipping whitespace, so ``SpaceAfter=No`` needs no special
-care and a missing space is tolerated. Empty nodes (ids like ``8.1``) have no surface form
+must start exactly where the previous one's ``SpaceAfter`` puts it: right after it when the
+previous token has ``SpaceAfter=No``, after at least one whitespace character otherwise (any
+whitespace before the first). Text after the last word may only be whitespace. Any mismatch
+(a word not where the text has it, a missing or extra space, text that no word spells) raises
+a LensbiasError naming the sentence; nothing is skipped silently. Empty nodes (ids like ``8.1``) have no surface form
 and get no span.
 
 Multiword tokens (MWT). The surface range ``didn't`` belongs to the MWT line; its syntactic
@@ -61,6 +64,7 @@ class MultiwordToken:
     first: int
     last: int
     form: str
+    misc: str = ""
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,7 @@ def _make_sentence(
         ident = cols[0]
         if "-" in ident:
             first, last = ident.split("-", 1)
-            multiword.append(MultiwordToken(int(first), int(last), cols[1]))
+            multiword.append(MultiwordToken(int(first), int(last), cols[1], cols[9]))
         elif "." not in ident:  # empty nodes (8.1) have no surface form
             words.append(Word(int(ident), cols[1], cols[3], cols[5], cols[6], cols[7], cols[9]))
     return Sentence(dict(comments), tuple(words), tuple(multiword), new_paragraph, dict(doc))
@@ -145,6 +149,7 @@ def sentence_spans(sentence: Sentence, text: str) -> tuple[Span, ...]:
     mwt_by_first = {mwt.first: mwt for mwt in sentence.multiword}
     spans: list[Span] = []
     cursor = 0
+    space = None  # before the first word: any whitespace; then as SpaceAfter says
     index = 1
     last_index = max(by_index, default=0)
     while index <= last_index:
@@ -153,8 +158,9 @@ def sentence_spans(sentence: Sentence, text: str) -> tuple[Span, ...]:
             index += 1
             continue
         form = mwt.form if mwt else by_index[index].form
-        start = _locate(text, form, cursor, sentence)
+        start = _locate(text, form, cursor, sentence, space)
         cursor = start + len(form)
+        space = "SpaceAfter=No" not in (mwt.misc if mwt else by_index[index].misc).split("|")
         if mwt:
             words = [by_index[i] for i in range(mwt.first, mwt.last + 1) if i in by_index]
             spans.extend(_mwt_spans(mwt, words, start))
@@ -162,22 +168,35 @@ def sentence_spans(sentence: Sentence, text: str) -> tuple[Span, ...]:
         else:
             spans.append(Span(start, cursor, word_labels(by_index[index])))
             index += 1
+    if text[cursor:].strip():
+        raise _mismatch(sentence, f"its '# text' goes on after the last word: "
+                                  f"{text[cursor:cursor + 20]!r} (character {cursor})")
     return tuple(spans)
 
 
-def _locate(text: str, form: str, cursor: int, sentence: Sentence) -> int:
-    while cursor < len(text) and text[cursor].isspace():
-        cursor += 1
-    if text.startswith(form, cursor):
-        return cursor
-    found = text.find(form, cursor)
-    if found < 0:
-        sent_id = sentence.comments.get("sent_id", "?")
-        raise LensbiasError(
-            f"sentence {sent_id}: word {form!r} not found in its '# text' after character "
-            f"{cursor}; fix the treebank's text line or the word form"
-        )
-    return found
+def _locate(text: str, form: str, cursor: int, sentence: Sentence, space: bool | None) -> int:
+    """Where ``form`` starts: at ``cursor`` after whitespace (``space`` True: at least one
+    character of it; False: none; None: any). Anything else raises LensbiasError."""
+    start = cursor
+    while start < len(text) and text[start].isspace():
+        start += 1
+    if not text.startswith(form, start):
+        raise _mismatch(sentence, f"word {form!r} is not at character {start} of its "
+                                  f"'# text' (found {text[start:start + len(form) + 10]!r})")
+    if space is True and start == cursor:
+        raise _mismatch(sentence, f"word {form!r} follows the previous word without a space "
+                                  f"at character {start}, but the previous word lacks "
+                                  "SpaceAfter=No")
+    if space is False and start > cursor:
+        raise _mismatch(sentence, f"word {form!r} follows a space at character {cursor}, but "
+                                  "the previous word has SpaceAfter=No")
+    return start
+
+
+def _mismatch(sentence: Sentence, what: str) -> LensbiasError:
+    sent_id = sentence.comments.get("sent_id", "?")
+    return LensbiasError(f"sentence {sent_id}: {what}; fix the treebank's text line, word "
+                         "forms or SpaceAfter")
 
 
 def _mwt_spans(mwt: MultiwordToken, words: list[Word], start: int) -> list[Span]:

@@ -1,7 +1,9 @@
 """Store, stage 3 of 3: read an activation cache back, per hook and concept, in bounded batches.
 
 ``ActivationStore`` checks the file's type, version and completeness before anything is
-read, and returns labels as class indices (-1 where a token has none).
+read, and returns labels as class indices (-1 where a token has none). Every read goes
+through HDF5's Fletcher-32 check (version 2 files): a damaged chunk is one line naming the
+dataset, never silently different numbers. ``verify`` reads every dataset once.
 """
 
 from __future__ import annotations
@@ -44,6 +46,65 @@ def _open(path: Path) -> h5py.File:
     return f
 
 
+def _read(path: Path, ds: h5py.Dataset, rows: Any = slice(None)) -> np.ndarray:
+    """``ds[rows]``, with a failed checksum (or any HDF5 read error) as one line."""
+    try:
+        return ds[rows]
+    except OSError as err:
+        raise LensbiasError(f"{path}: dataset {ds.name} is damaged "
+                            f"({_reason(ds, err)}); rebuild the cache with --force") from None
+
+
+def _reason(ds: h5py.Dataset, err: OSError) -> str:
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    # the Fletcher-32 filter is the only one lensbias writes: its failure is the checksum
+    if ds.fletcher32 and ("fletcher32" in text.lower() or "filter returned failure" in text):
+        return "Fletcher-32 checksum mismatch"
+    return text
+
+
+def _strings(path: Path, ds: h5py.Dataset) -> list[str]:
+    """A string dataset's values, checked against its ``sha256`` attribute where it has one."""
+    values = [t.decode() if isinstance(t, bytes) else t for t in _read(path, ds)]
+    want = ds.attrs.get("sha256")
+    if want is not None and fmt.strings_sha(values) != want:
+        raise LensbiasError(f"{path}: dataset {ds.name} is damaged (sha256 mismatch); "
+                            "rebuild the cache with --force")
+    return values
+
+
+def _float32(ds: h5py.Dataset, block: np.ndarray) -> np.ndarray:
+    """Stored activations as float32 (bfloat16 is kept as raw uint16 bits)."""
+    if ds.attrs.get("storage") == "bfloat16":
+        return (block.astype(np.uint32) << 16).view(np.float32)
+    return np.asarray(block, dtype=np.float32)
+
+
+def verify(path: str | os.PathLike[str], block_rows: int = 65536) -> int:
+    """Read every dataset of a cache once, so HDF5 checks every chunk's checksum; returns
+    the number of datasets read. Raises LensbiasError (one line) at the first damage, and
+    for a version 1 file, which has no checksums to check."""
+    path = Path(path)
+    with _open(path) as f:
+        if str(f.attrs.get("encoding-version")) == "1":
+            raise LensbiasError(f"{path} is a version 1 cache, written without checksums; "
+                                "rebuild it with --force to be able to verify it")
+        names: list[str] = []
+        f.visititems(lambda name, node: names.append(name)
+                     if isinstance(node, h5py.Dataset) else None)
+        for name in names:
+            ds = f[name]
+            if ds.dtype.kind == "O":
+                _strings(path, ds)
+                continue
+            if not ds.shape or ds.shape[0] == 0:
+                _read(path, ds, ())
+                continue
+            for start in range(0, ds.shape[0], block_rows):
+                _read(path, ds, slice(start, start + block_rows))
+    return len(names)
+
+
 def read_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The fingerprint of a complete cache (raises LensbiasError for anything else)."""
     with _open(Path(path)) as f:
@@ -59,6 +120,7 @@ class ActivationStore:
         self.fingerprint: dict[str, Any] = json.loads(self._f.attrs["fingerprint"])
         self.model_name: str = str(self._f.attrs["model"])
         self.dataset_name: str = str(self._f.attrs["dataset"])
+        self._encoded = str(self._f.attrs["encoding-version"]) != "1"  # v1: names as given
 
     def __enter__(self) -> ActivationStore:
         return self
@@ -87,11 +149,13 @@ class ActivationStore:
 
     @property
     def token_label_sets(self) -> list[str]:
-        return sorted(self._f["labels"].keys()) if "labels" in self._f else []
+        return (sorted(self._decode(k) for k in self._f["labels"].keys())
+                if "labels" in self._f else [])
 
     @property
     def seq_label_sets(self) -> list[str]:
-        return sorted(self._f["examples/labels"].keys()) if "examples/labels" in self._f else []
+        return (sorted(self._decode(k) for k in self._f["examples/labels"].keys())
+                if "examples/labels" in self._f else [])
 
     @property
     def label_sets(self) -> list[str]:
@@ -105,23 +169,24 @@ class ActivationStore:
     def labels(self, label_set: str) -> Int[np.ndarray, " tokens"]:
         """Class index of every token (-1: no label); sequence labels are broadcast."""
         node = self._label_node(label_set)
-        codes = node[:]
+        codes = _read(self.path, node)
         if node.name.startswith("/examples/"):
-            codes = codes[self._f["tokens/example"][:]]
+            codes = codes[_read(self.path, self._f["tokens/example"])]
         return codes.astype(np.int64)
 
     def tokens(self) -> dict[str, np.ndarray]:
         """``ids``, ``example``, ``position`` and ``offsets`` of every stored token."""
-        return {k: self._f[f"tokens/{k}"][:] for k in ("ids", "example", "position", "offsets")}
+        return {k: _read(self.path, self._f[f"tokens/{k}"])
+                for k in ("ids", "example", "position", "offsets")}
 
     def texts(self) -> list[str]:
-        return [t.decode() if isinstance(t, bytes) else t for t in self._f["examples/text"][:]]
+        return _strings(self.path, self._f["examples/text"])
 
     def activations(self, hook: str, rows: np.ndarray | slice | None = None
                     ) -> Float[np.ndarray, "tokens d_model"]:
         """Activations of ``hook`` as float32 (all rows, or a sorted row selection)."""
         data = self._acts(hook)
-        return np.asarray(data[rows if rows is not None else slice(None)], dtype=np.float32)
+        return _float32(data, _read(self.path, data, rows if rows is not None else slice(None)))
 
     def load(self, hook: str, label_set: str, max_tokens: int | None = None
              ) -> tuple[Float[np.ndarray, "tokens d_model"], Int[np.ndarray, " tokens"]]:
@@ -138,13 +203,16 @@ class ActivationStore:
         labels = self.labels(label_set) if label_set else np.zeros(self.n_tokens, np.int64)
         for start in range(0, self.n_tokens, batch_tokens):
             stop = min(start + batch_tokens, self.n_tokens)
-            acts = np.asarray(data[start:stop], dtype=np.float32)
+            acts = _float32(data, _read(self.path, data, slice(start, stop)))
             lab = labels[start:stop]
             if label_set:
                 keep = lab >= 0
                 acts, lab = acts[keep], lab[keep]
             if len(lab):
                 yield acts, lab
+
+    def _decode(self, key: str) -> str:
+        return fmt.decode_name(key) if self._encoded else key
 
     def _acts(self, hook: str) -> h5py.Dataset:
         if hook not in self.hooks:
@@ -153,7 +221,10 @@ class ActivationStore:
         return self._f[f"acts/{hook}"]
 
     def _label_node(self, label_set: str) -> h5py.Dataset:
-        for key in (f"labels/{label_set}", f"examples/labels/{label_set}"):
+        name = fmt.encode_name(label_set) if self._encoded else label_set
+        if not self._encoded and ("/" in name or name in ("", ".")):
+            name = "\0"  # cannot name a link in a version 1 file: reported as absent below
+        for key in (f"labels/{name}", f"examples/labels/{name}"):
             if key in self._f:
                 return self._f[key]
         raise LensbiasError(f"{self.path} has no concept {label_set!r}; "

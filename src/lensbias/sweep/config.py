@@ -24,7 +24,7 @@ MORE_IS_LESS = frozenset({"bits", "rank_ratio", "n_layers"})
 
 TOP_KEYS = ("models", "methods", "calib", "seeds", "datasets", "max_chars", "max_examples",
             "sae", "concepts", "hooks", "n_bootstrap", "calib_n_seqs", "calib_seq_len",
-            "control", "ceiling", "device")
+            "control", "ceiling", "device", "threads")
 METHOD_KEYS = ("name", "levels", "param", "calib", "targets")
 TARGET_GROUPS = ("attn", "mlp", "embed", "unembed")
 
@@ -83,6 +83,9 @@ class SweepConfig:
     """Half-split probes (direction-cosine ceiling) in each cell's diff."""
     device: str = "cpu"
     """Torch device for each cell's models (``cuda`` on GPU workers); not part of cell ids."""
+    threads: int | None = None
+    """torch intra-op threads per cell (None: cores // jobs in a pool, cpus_per_cell on Ray,
+    else the CLI default: 1 on machines with <= 2 cores); not part of cell ids."""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -306,8 +309,9 @@ def sweep_config_from_dict(raw: Any, source: str = "sweep config") -> SweepConfi
     device = raw.get("device", "cpu")
     if not isinstance(device, str) or not device:
         raise fail("device", f"must be a torch device name such as cpu or cuda, got {device!r}")
+    threads = _opt_int(raw, "threads", fail, None, minimum=1)
     return SweepConfig(models=tuple(models), methods=tuple(methods), calib=tuple(calib),
-                       device=device,
+                       device=device, threads=threads,
                        seeds=tuple(int(s) for s in seeds), datasets=tuple(datasets),
                        max_chars=max_chars, max_examples=max_examples, **flags,
                        concepts=tuple(concepts) if concepts is not None else None,

@@ -43,7 +43,7 @@ def run_pool(todo: list[Cell], config: SweepConfig, out: Path, jobs: int,
 
     from lensbias.sweep.run import run_cell
 
-    threads = max(1, cpu_cores() // jobs)
+    threads = config.threads or max(1, cpu_cores() // jobs)
     ctx = multiprocessing.get_context("spawn")
     error: BaseException | None = None
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_set_threads,
@@ -107,7 +107,7 @@ def run_ray(todo: list[Cell], config: SweepConfig, out: Path, on_done: OnDone,
     try:
         task = ray.remote(num_cpus=cpus_per_cell, num_gpus=gpus_per_cell,
                           max_retries=0)(ray_cell)
-        threads = max(1, int(cpus_per_cell))
+        threads = config.threads or max(1, int(cpus_per_cell))
         pending = {task.remote(cell, config, threads): cell for cell in todo}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
