@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from lensbias.cli.threads import threads_option
+
 
 @click.command()
 @click.argument("cache_file", type=click.Path(path_type=Path))
@@ -14,6 +16,7 @@ import click
 @click.option("--max-tokens", type=click.IntRange(min=100), default=20000, show_default=True,
               help="Labelled tokens used per probe.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@threads_option
 def summary(cache_file: Path, concepts: tuple[str, ...], max_tokens: int, seed: int) -> None:
     """Probe every cached hook for each concept and print held-out accuracy.
 
