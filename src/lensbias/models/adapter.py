@@ -8,6 +8,7 @@ Weights are never processed (no fold_ln, no centring): a pair of models stays co
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -16,6 +17,12 @@ from typing import Any
 import torch
 
 from lensbias.errors import LensbiasError
+
+# TransformerLens imports bitsandbytes whenever it is installed (lensbias[hf] brings it for
+# 4/8-bit checkpoints); its CPU backend then logs that optional "kernels" are missing on
+# every start. The message concerns a GPU speed-up lensbias never uses: keep it out of
+# users' terminals.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 _DEPRECATION = r"Hooked(Transformer|Encoder)(\.from_pretrained)? is deprecated"
 
