@@ -21,8 +21,9 @@ from typing import Any
 from lensbias import __version__
 from lensbias.compress import Recipe
 from lensbias.errors import LensbiasError
-from lensbias.pair import (cache_pair, check_same_tokenizer, compress_on_the_fly, merged_dataset,
-                           resolve_model)
+from lensbias.concepts.jsonl import USER_DOMAIN
+from lensbias.pair import (cache_pair, check_recipe, check_same_tokenizer, check_writable,
+                           compress_on_the_fly, merged_dataset, resolve_model)
 from lensbias.store import CacheConfig
 from lensbias.survival import SCHEMA, SurvivalResult
 
@@ -66,27 +67,91 @@ class DiffConfig:
     bootstraps run on the CPU from the cached activations."""
 
 
-def prepare_out(out: Path, force: bool) -> None:
-    """Refuse an existing folder that is not a previous report unless ``force``."""
+def check_out(out: Path, force: bool) -> None:
+    """Refuse, before any work, an ``out`` that cannot become a report folder: a file, a
+    folder lensbias did not make (unless ``force``), a missing or unwritable parent."""
     if out.exists() and not out.is_dir():
         raise LensbiasError(f"{out} exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not (out / MARKER).exists() and not force:
         raise LensbiasError(f"{out} exists and is not a lensbias report folder; pass --force "
                             "to write into it or choose another --out")
-    if not out.parent.exists():
-        raise LensbiasError(f"output folder {out.parent} does not exist")
-    out.mkdir(exist_ok=True)
-    (out / MARKER).write_text(SCHEMA + "\n")
+    check_writable(out if out.is_dir() else out.parent)
+
+
+def prepare_out(out: Path, force: bool) -> Callable[[], None]:
+    """Check ``out`` (``check_out``) and make it a report folder (marker file). Returns an
+    undo for a run that fails or is interrupted: it removes the empty folders this run made
+    and, when nothing else is left, the marker and the folder, so no empty report shell
+    stays behind. Finished work (a compressed model, caches, artefacts) is kept for reuse."""
+    check_out(out, force)
+    created = not out.exists()
+    before = set() if created else {p.name for p in out.iterdir()}
+    marked = MARKER not in before
+
+    def undo() -> None:
+        if not out.is_dir():
+            return
+        for entry in list(out.iterdir()):
+            if entry.name not in before and entry.is_dir() and not entry.is_symlink():
+                for root, dirs, files in os.walk(entry, topdown=False):
+                    if not files and not any((Path(root) / d).exists() for d in dirs):
+                        try:
+                            os.rmdir(root)
+                        except OSError:
+                            pass
+        left = {p.name for p in out.iterdir()}
+        if marked and left - before == {MARKER}:
+            (out / MARKER).unlink(missing_ok=True)
+            if created:
+                try:
+                    out.rmdir()
+                except OSError:
+                    pass
+
+    try:
+        out.mkdir(exist_ok=True)
+        (out / MARKER).write_text(SCHEMA + "\n")
+    except OSError as err:
+        undo()
+        raise LensbiasError(f"cannot write in {out}: {err.strerror or err}") from None
+    return undo
 
 
 def run_diff(model_a: str, model_b: str | None, recipe: Recipe | None, config: DiffConfig,
              out: Path, force: bool = False,
-             stage: Callable[[str], None] = lambda name: None, progress: bool = False
-             ) -> SurvivalResult:
-    """Compare ``model_a`` with ``model_b`` (or with ``model_a`` compressed by ``recipe``)."""
+             stage: Callable[[str], None] = lambda name: None, progress: bool = False,
+             domain: str = USER_DOMAIN) -> SurvivalResult:
+    """Compare ``model_a`` with ``model_b`` (or with ``model_a`` compressed by ``recipe``).
+
+    Everything checkable is checked before ``out`` is made: the recipe and calibration
+    domain, the datasets (``domain``: the domain of user-file examples that declare none),
+    the output folder, both models and their tokenizers. A run that fails or is
+    interrupted after that leaves no empty report folder (``prepare_out``).
+    """
     out = Path(out)
+    started = time.perf_counter()
+    if model_b is None:
+        if recipe is None:
+            raise LensbiasError("give a compressed model or a recipe to compress model_a by")
+        check_recipe(recipe)
+    data = merged_dataset(list(config.datasets), config.max_examples, config.max_chars, domain)
+    check_out(out, force)
+    a = resolve_model(model_a, config.device)
+    b = None if model_b is None else resolve_model(model_b, config.device)
+    if b is not None:
+        check_same_tokenizer(a, b, data.examples[0].text)
+    undo = prepare_out(out, force)
+    try:
+        return _run_diff(a, b, recipe, data, config, out, stage, progress, started)
+    except BaseException:
+        undo()
+        raise
+
+
+def _run_diff(a: Any, b: Any, recipe: Recipe | None, data: Any, config: DiffConfig, out: Path,
+              stage: Callable[[str], None], progress: bool, started: float) -> SurvivalResult:
     timings: dict[str, float] = {}
-    clock = time.perf_counter()
+    clock = started
 
     def tick(name: str) -> None:
         nonlocal clock
@@ -94,17 +159,12 @@ def run_diff(model_a: str, model_b: str | None, recipe: Recipe | None, config: D
         timings[name] = round(now - clock, 2)
         clock = now
 
-    a = resolve_model(model_a, config.device)
-    data = merged_dataset(list(config.datasets), config.max_examples, config.max_chars)
-    prepare_out(out, force)
     compressed = None
-    if model_b is None:
+    if b is None:
         stage("compress")
         compressed = compress_on_the_fly(a, recipe, out / "model-b")
         b = compressed.lm
-    else:
-        b = resolve_model(model_b, config.device)
-    check_same_tokenizer(a, b, data.examples[0].text)
+        check_same_tokenizer(a, b, data.examples[0].text)
     tick("load+compress")
 
     stage("cache")

@@ -5,6 +5,8 @@ Every user error ends in one line on stderr and exit code 2; internal failures e
 
 from __future__ import annotations
 
+import inspect
+import signal
 import sys
 
 import click
@@ -37,15 +39,58 @@ cli.add_command(summary)
 cli.add_command(sweep)
 cli.add_command(sweep_report)
 
+EXAMPLES = "\b\nExamples:"
+
+
+def _examples_last(command: click.Command) -> None:
+    """Move a docstring's closing Examples block after the options: --help ends with it."""
+    head, found, tail = inspect.cleandoc(command.help or "").partition(EXAMPLES)
+    if found and not command.epilog:
+        command.help, command.epilog = head.rstrip(), EXAMPLES + tail
+
+
+for _command in cli.commands.values():
+    _examples_last(_command)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so it unwinds (and cleans up) as on Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated()
+
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: runs the command, turns user errors into one line and exit 2."""
+    """Console entry point: runs the command, turns user errors into one line and exit 2.
+
+    Ctrl-C (exit 130) and SIGTERM (exit 143) unwind the command, so what it was writing is
+    cleaned up the same way for both.
+    """
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        return _run(argv)
+    except _Terminated:  # raised after click stopped catching (e.g. while printing)
+        click.echo("lensbias: terminated", err=True)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         cli.main(args=argv, prog_name="lensbias", standalone_mode=False)
     except LensbiasError as err:
         click.echo(f"lensbias: error: {err}", err=True)
         return 2
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as err:
+        if isinstance(err.__context__, _Terminated) or isinstance(err.__cause__, _Terminated):
+            click.echo("lensbias: terminated", err=True)
+            return 143
         click.echo("lensbias: aborted", err=True)
         return 130
     except click.ClickException as err:

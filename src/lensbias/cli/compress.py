@@ -77,6 +77,7 @@ def compress(model: str, method: str, calib: str, calib_seqs: int, calib_len: in
     from lensbias.compress.save import save_compressed
     from lensbias.errors import LensbiasError
     from lensbias.models import load_model
+    from lensbias.pair import check_recipe, check_writable, with_default_level
 
     groups = {g.strip() for g in targets.split(",") if g.strip()}
     unknown = groups - {"attn", "mlp", "embed", "unembed"}
@@ -85,10 +86,12 @@ def compress(model: str, method: str, calib: str, calib_seqs: int, calib_len: in
     if out.exists() and not force:
         raise LensbiasError(f"{out} already exists; pass --force to overwrite it")
     params = {_PARAMS[k]: v for k, v in options.items() if v is not None}
-    recipe = Recipe(method, params,
+    recipe = Recipe(method, with_default_level(method, params),
                     Targets(attn="attn" in groups, mlp="mlp" in groups, embed="embed" in groups,
                             unembed="unembed" in groups, layers=_layers(layers)),
                     CalibConfig(calib, calib_seqs, calib_len, seed))
+    check_recipe(recipe)  # options and calibration data: before the model loads
+    check_writable(out.parent)
     lm = load_model(model)
     result = run(lm, recipe)
     measured = measure(lm, result, with_bpb=not no_eval)

@@ -21,6 +21,9 @@ STAGES = ("compress", "cache", "probes", "sae", "geometry", "behaviour", "report
               help="Compressor data for --compress: code, prose, mixed, c, or a file.")
 @click.option("--dataset", "-d", "datasets", multiple=True,
               help="Concept dataset, repeatable [default: ud-ewt and python-stdlib].")
+@click.option("--domain", default="user", show_default=True,
+              help="Domain of the examples of a .jsonl dataset that declare none "
+                   "(\"labels\": {\"domain\": ...}), e.g. code or prose.")
 @click.option("--max-examples", type=click.IntRange(min=1), default=None,
               help="At most N examples per dataset.")
 @click.option("--max-chars", type=click.IntRange(min=100), default=60_000, show_default=True,
@@ -39,7 +42,7 @@ STAGES = ("compress", "cache", "probes", "sae", "geometry", "behaviour", "report
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @threads_option
 def diff(original: str, compressed: str | None, compress_spec: str | None, calib: str,
-         datasets: tuple[str, ...], max_examples: int | None, max_chars: int,
+         datasets: tuple[str, ...], domain: str, max_examples: int | None, max_chars: int,
          concepts: tuple[str, ...],
          hooks: tuple[str, ...], sae: bool, sae_hook: str | None, sae_expansion: int,
          sae_k: int, seed: int, out: Path, force: bool, as_json: bool, quiet: bool) -> None:
@@ -72,16 +75,23 @@ def diff(original: str, compressed: str | None, compress_spec: str | None, calib
                         max_chars=max_chars,
                         concepts=concepts or None, hooks=hooks or None, sae=sae,
                         sae_hook=sae_hook, sae_expansion=sae_expansion, sae_k=sae_k, seed=seed)
-    bar = tqdm(total=len(STAGES), desc="diff", unit="stage", disable=quiet, leave=False)
+    bars: list = []  # made at the first stage, so a refused run prints only its error
 
     def stage(name: str) -> None:
+        if not bars:
+            bars.append(tqdm(total=len(STAGES), desc="diff", unit="stage", disable=quiet,
+                             leave=False))
+        bar = bars[0]
         bar.n = STAGES.index(name)
         bar.set_description(f"diff: {name}")
         bar.refresh()
 
-    result = run_diff(original, compressed, recipe, config, out, force=force, stage=stage,
-                      progress=not quiet)
-    bar.close()
+    try:
+        result = run_diff(original, compressed, recipe, config, out, force=force, stage=stage,
+                          progress=not quiet, domain=domain)
+    finally:
+        for bar in bars:
+            bar.close()
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=1))
     elif not quiet:

@@ -96,6 +96,11 @@ def sweep_report(results: Path, out: Path | None, title: str | None) -> None:
 
     The analysis is recomputed from the finished cells' rows, so a report of a sweep still
     running shows the cells finished so far. Cell rows link to each cell's diff report.
+
+    \b
+    Examples:
+      lensbias sweep-report quick-results
+      lensbias sweep-report sweep-results/results.jsonl --out study.html --title "study"
     """
     import os
 

@@ -17,10 +17,15 @@ lines are skipped::
 - ``labels`` (object, optional): sequence-level labels, string -> string.
 
 No other keys are allowed (a typo such as ``"span"`` would otherwise drop data silently).
+
+Every cached token carries a ``domain``: a user file may declare it per line
+(``"labels": {"domain": "code"}``); lines that do not get ``with_domain``'s value when the
+CLI loads the file (``--domain``, default ``"user"``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import json
@@ -36,6 +41,9 @@ from lensbias.errors import LensbiasError
 
 EXAMPLE_KEYS = ("id", "text", "spans", "labels")
 SPAN_KEYS = ("start", "end", "labels")
+DOMAIN = "domain"
+USER_DOMAIN = "user"
+"""The ``domain`` of user examples that declare none (``lensbias diff/cache --domain``)."""
 
 
 class _LineError(Exception):
@@ -64,6 +72,20 @@ def read_jsonl(
         first_line_of_id[example.id] = number
         examples.append(example)
     return ConceptDataset(name or _default_name(label), tuple(examples), f"user file {label}")
+
+
+def with_domain(dataset: ConceptDataset, domain: str = USER_DOMAIN) -> ConceptDataset:
+    """``dataset`` with ``domain`` as the ``domain`` label of every example that has none;
+    a domain an example declares is kept."""
+    if not isinstance(domain, str) or not domain.strip() or not domain.isprintable():
+        raise LensbiasError(f"domain must be a non-empty name such as 'code', 'prose' or "
+                            f"'user', got {domain!r:.40}")
+    if all(DOMAIN in ex.seq_labels for ex in dataset.examples):
+        return dataset
+    examples = tuple(ex if DOMAIN in ex.seq_labels
+                     else dataclasses.replace(ex, seq_labels={**ex.seq_labels, DOMAIN: domain})
+                     for ex in dataset.examples)
+    return dataclasses.replace(dataset, examples=examples)
 
 
 def _source_label(source: Any) -> str:
