@@ -409,3 +409,29 @@ def test_hostile_pytorch_model_bin_never_runs(causal, tmp_path, capsys):
     assert "could not read the weights" in err and "never unpickles code" in err
     assert "weights_only` set to `False`" not in err  # torch's advice is not passed on
     assert not marker.exists()
+
+
+def test_a_real_compressed_tensors_folder_loads(bpe_hf, tmp_path, monkeypatch):
+    """End to end with hf_formats: a W4A16 pack-quantized Llama made by compressed-tensors
+    itself (tests/test_hf_formats.py's builder) loads through load_model with the library's
+    reconstruction as its weights, and its quantization config as the recipe."""
+    pytest.importorskip("compressed_tensors")
+    import test_hf_formats as formats
+
+    monkeypatch.setitem(formats.LLAMA, "vocab_size", len(bpe_hf) + 20)  # our tokenizer's ids
+    folder = tmp_path / "llama-w4a16"
+    dense, fake = formats.ct_checkpoint(folder, 4, "group", True, "pack-quantized")
+    bpe_hf.save_pretrained(folder)
+    lm = load_model(folder)
+    assert lm.recipe["quantization_config"]["format"] == "pack-quantized"
+    assert lm.recipe["quantization_config"]["config_groups"]["group_0"]["weights"]["num_bits"] == 4
+    ref = formats.tiny_llama()
+    ref.load_state_dict({**dense, **fake})
+    ids = torch.tensor([lm.tokenizer.encode(TEXT).ids])
+    with torch.no_grad():
+        want = ref(ids).logits
+        ref.load_state_dict(dense)
+        original = ref(ids).logits
+    got = adapter.logits(lm.model, ids)
+    assert (got - want).abs().max() < 1e-5
+    assert (got - original).abs().max() > 10 * (got - want).abs().max()  # it is the 4-bit one
