@@ -21,7 +21,9 @@ Decisions:
   documents; tokens per concept are capped by whole examples.
 - The regularisation strength of each probe (A, B, the embedding floor) is chosen on its
   own training split (``C_grid``, one held-out quarter of the training documents) unless
-  ``ProbeConfig.C`` fixes it, and fitted to convergence (``max_iter``, gradient tolerance).
+  ``ProbeConfig.C`` fixes it: per concept and model, on the middle probed hook, and reused
+  at the other hooks (features are standardised). Probes are fitted to convergence
+  (``max_iter`` caps, a gradient tolerance stops).
 - Directions are compared in A's raw activation space (``LinearProbe.coef_``). When widths
   differ, ``readout`` and the cosines go through an orthogonal Procrustes map (rectangular,
   semi-orthogonal R = UVᵀ from the thin SVD of H_Bᵀ·H_A, one least-squares scale), fitted on
@@ -158,7 +160,10 @@ class ProbePair:
         has_embed = EMBED_HOOK in store_a.hooks
         embed = _gather(store_a, EMBED_HOOK, needed) if has_embed and chosen else None
         floors: dict[str, dict[str, np.ndarray]] = {}
-        for hook in hooks:
+        # C is chosen per concept and model on the middle hook, then reused at every hook
+        # (features are standardised, so one C suits them); rows keep the hooks' order
+        middle = hooks[len(hooks) // 2]
+        for hook in [middle, *(h for h in hooks if h != middle)]:
             acts_a = _gather(store_a, hook, needed)
             acts_b = _gather(store_b, hook, needed)
             aligned = cfg.align == "procrustes" or (cfg.align == "auto"
@@ -177,6 +182,7 @@ class ProbePair:
                     config=cfg, concept=concept, hook=hook, boot_weights=weights,
                     alignment=alignment, realign=realign,
                     floor_cache=floors.setdefault(concept, {})))
+        rows.sort(key=lambda r: hooks.index(r.hook))
         return ProbeReport(rows, aggregate_readings(rows, cfg.confidence),
                            aggregate(rows, "freq_bucket", cfg.confidence), skipped,
                            {**asdict(cfg), "embed_hook": EMBED_HOOK if has_embed else None},
@@ -207,7 +213,8 @@ def fit_concept(acts_a: Float[np.ndarray, "tokens d_a"], acts_b: Float[np.ndarra
     bootstrap resamples the test documents found here. ``alignment`` is the map ``readout``
     goes through (Procrustes when widths differ; fitted here when needed and not given);
     ``realign`` the label-free map of ``aligned_readout`` (fitted here on the training
-    tokens when not given). ``floor_cache`` keeps the floors of a concept across hooks.
+    tokens when not given). ``floor_cache`` keeps a concept's floors and its chosen C of A
+    and of B across hooks (a dict, filled by the first call).
     """
     cfg = config
     acts_a, acts_b = np.asarray(acts_a, np.float32), np.asarray(acts_b, np.float32)
@@ -236,8 +243,11 @@ def fit_concept(acts_a: Float[np.ndarray, "tokens d_a"], acts_b: Float[np.ndarra
     b_in_a = acts_b if to_a is None else to_a.transform(acts_b)
     realign = realign or AlignMap(cfg.realign).fit(acts_b[tr], acts_a[tr])
 
-    probe_a, c_a = fit_selected(acts_a[tr], y_tr, docs[tr], cfg)
-    probe_b, c_b = fit_selected(acts_b[tr], y_tr, docs[tr], cfg)
+    shared = {} if floor_cache is None else floor_cache
+    probe_a, c_a = fit_selected(acts_a[tr], y_tr, docs[tr], cfg, shared.get("C_a"))
+    probe_b, c_b = fit_selected(acts_b[tr], y_tr, docs[tr], cfg, shared.get("C_b"))
+    shared.setdefault("C_a", c_a)
+    shared.setdefault("C_b", c_b)
     correct = {"acc_a": probe_a.predict(acts_a[te]) == y_te,
                "transfer": probe_a.predict(b_in_a[te]) == y_te,
                "retrained": probe_b.predict(acts_b[te]) == y_te,
@@ -273,14 +283,15 @@ def fit_concept(acts_a: Float[np.ndarray, "tokens d_a"], acts_b: Float[np.ndarra
 
 
 def fit_selected(X: Float[np.ndarray, "tokens d"], y: Int[np.ndarray, " tokens"],
-                 docs: Int[np.ndarray, " tokens"], config: ProbeConfig
-                 ) -> tuple[LinearProbe, float]:
-    """A probe fitted on all of ``X``, its C fixed by ``config.C`` or chosen from
-    ``config.C_grid`` by accuracy on a held-out quarter of the training documents (fitted
-    on the rest); the smaller C wins ties. Too few documents (< 4) or a held-out part
-    without two classes: C = 1."""
-    if config.C is not None:
-        return _probe(config, config.C).fit(X, y), float(config.C)
+                 docs: Int[np.ndarray, " tokens"], config: ProbeConfig,
+                 fixed: float | None = None) -> tuple[LinearProbe, float]:
+    """A probe fitted on all of ``X``, its C fixed (``fixed``, else ``config.C``) or chosen
+    from ``config.C_grid`` by accuracy on a held-out quarter of the training documents
+    (fitted on the rest); the smaller C wins ties. Too few documents (< 4) or a held-out
+    part without two classes: C = 1."""
+    fixed = config.C if fixed is None else fixed
+    if fixed is not None:
+        return _probe(config, fixed).fit(X, y), float(fixed)
     chosen = 1.0
     uniq = np.unique(docs)
     if len(config.C_grid) > 1 and len(uniq) >= 4:
@@ -300,8 +311,8 @@ def _floors(token_ids: np.ndarray | None, acts_embed: np.ndarray | None, tr: np.
             cache: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
     """Per test token: is the token-id lookup right, is the embedding-stream probe right
     (NaN-filled when the input is missing). Cached per concept: the same at every hook."""
-    if cache:
-        return cache
+    if cache and "token_id" in cache:
+        return {k: cache[k] for k in ("token_id", "embed")}
     nan = np.full(len(te), np.nan)
     out = {"token_id": nan, "embed": nan}
     if token_ids is not None:

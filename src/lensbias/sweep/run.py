@@ -145,7 +145,11 @@ def cell_rows(cell: Cell, summary: dict[str, Any], seconds: float | None = None
                "hook": p["hook"], "layer": p.get("layer"), "acc_a": p.get("acc_a"),
                "transfer": p.get("transfer"), "retrained": p.get("retrained"),
                "majority": p.get("majority"), "survival": p.get("survival"),
-               "survival_lo": ci[0], "survival_hi": ci[1]}
+               "survival_lo": ci[0], "survival_hi": ci[1],
+               **{k: p.get(k) for k in ("token_id", "embed", "floor", "context_gain", "kind",
+                                        "baseline", "aligned_transfer", "information",
+                                        "readout", "aligned_readout", "n_test",
+                                        "underpowered")}}
         a, b = geometry.get((p["hook"], "A"), {}), geometry.get((p["hook"], "B"), {})
         for metric in GEOMETRY_METRICS:
             va, vb = a.get(metric), b.get(metric)
