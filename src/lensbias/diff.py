@@ -190,7 +190,7 @@ def _run_diff(a: Any, b: Any, recipe: Recipe | None, data: Any, config: DiffConf
         geometry = _cached(out, "geometry", key, lambda: _geometry(store_a, store_b, config))
         tick("geometry")
         behaviour = None
-        if not a.is_encoder and not b.is_encoder:
+        if a.is_encoder == b.is_encoder:  # causal: losses and bits/byte; encoders: embeddings
             stage("behaviour")
             behaviour = _cached(out, "behaviour", key,
                                 lambda: _behaviour(a, b, data, store_a, config))
@@ -262,6 +262,10 @@ def _geometry(store_a: Any, store_b: Any, config: DiffConfig) -> dict[str, Any]:
 
 
 def _behaviour(a: Any, b: Any, data: Any, store_a: Any, config: DiffConfig) -> dict[str, Any]:
+    if a.is_encoder:  # no LM head: behaviour is embedding fidelity on held-out code and prose
+        from lensbias.behaviour.embedding import compare_embeddings
+
+        return compare_embeddings(a, b).to_dict()
     from lensbias.behaviour.loss import compare_behaviour
 
     return compare_behaviour(a, b, data, store_a, seed=config.seed).to_dict()

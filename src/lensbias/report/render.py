@@ -221,9 +221,29 @@ MIN_BUCKET_TOKENS = 50
 too noisy to set the chart's scale (e.g. a 3-token "unseen" bucket)."""
 
 
+def _embedding_fidelity(beh: dict[str, Any]) -> str:
+    """An encoder pair's behaviour (``behaviour/embedding.py``): one row per held-out domain."""
+    rows = "".join(
+        f"<tr><td>{esc(d)}</td><td>{esc(f.get('n'))}</td><td>{fmt(f.get('cosine_mean'))}</td>"
+        f"<td>{fmt(f.get('cosine_p05'))}</td><td>{fmt(f.get('cosine_min'))}</td>"
+        f"<td>{fmt(f.get('retrieval_agreement'))}</td></tr>"
+        for d, f in (beh.get("by_domain") or {}).items())
+    return (f"<section id='behaviour'><h2>Behaviour: embedding fidelity</h2><p>Cosine between "
+            f"A's and B's sentence embeddings ({esc(beh.get('pooling'))} of "
+            f"<code>{esc(beh.get('hook'))}</code>) of the same held-out texts (slice "
+            f"<code>{esc(beh.get('slice'))}</code>), and retrieval agreement: the share of "
+            f"texts whose nearest neighbour among the domain's texts is the same under B as "
+            f"under A. B = A gives 1 and 1.</p>"
+            f"<table><thead><tr><th>domain</th><th>texts</th><th>cosine, mean</th>"
+            f"<th>cosine, 5th percentile</th><th>cosine, min</th><th>retrieval agreement</th>"
+            f"</tr></thead><tbody>{rows}</tbody></table></section>")
+
+
 def _behaviour(beh: dict[str, Any] | None) -> str:
     if not beh:
-        return "<section id='behaviour'><h2>Behaviour</h2><p>Not measured (encoder model).</p></section>"
+        return "<section id='behaviour'><h2>Behaviour</h2><p>Not measured.</p></section>"
+    if beh.get("kind") == "embedding":  # an encoder pair: no LM head, no bits per byte
+        return _embedding_fidelity(beh)
     bpb = beh.get("bits_per_byte") or {}
     bars = [(d, v, None) for m in ("A", "B") for d, v in (bpb.get(m) or {}).items()]
     models = [f"model {m}" for m in ("A", "B") for _ in (bpb.get(m) or {})]
