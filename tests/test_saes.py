@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -15,8 +16,12 @@ import torch
 from conftest import make_lm, word_dataset
 from lensbias.errors import LensbiasError
 from lensbias.models.tokenizer import BPETokenizer
-from lensbias.saes import (FeatureSurvival, SAEConfig, SAEReport, SurvivalThresholds,
-                           load_sae, match_features, read_info, sae_quality, train_sae)
+from lensbias.report import render_html
+from lensbias.saes import (FeatureSurvival, QualityGate, SAEConfig, SAEReport,
+                           SurvivalThresholds, damage_overlap, fit_alignment, heldout_rows,
+                           load_sae, match_features, read_info, sae_quality,
+                           survival_predictability, train_sae)
+from lensbias.saes.report import FeatureRow
 from lensbias.saes.survival import classify
 from lensbias.store import ActivationStore, CacheConfig, cache_activations
 
@@ -96,9 +101,10 @@ def test_train_saves_loads_and_reconstructs(stores, sae_dir):
     assert SAEConfig.from_dict(info["config"]) == FAST
     with ActivationStore(stores["a"]) as store:
         assert info["store"]["fingerprint"] == store.fingerprint
-        n_train, n_tokens = info["training"]["heldout_rows"]
-        held = store.activations(HOOK, slice(n_train, n_tokens))
-    assert n_tokens - n_train > 100
+        mask, _ = heldout_rows(store, FAST.holdout_fraction, FAST.split_seed)
+        held = store.activations(HOOK, np.flatnonzero(mask))
+    assert info["training"]["heldout"]["n_tokens"] == len(held) > 100
+    assert info["training"]["n_train_rows"] + len(held) == info["store"]["n_tokens"]
     q = info["quality_heldout"]
     assert q["explained_variance"] > 0.5 and q["l0"] == pytest.approx(6)
     sae = load_sae(sae_dir)
@@ -154,8 +160,13 @@ def test_contexts_are_windows_of_the_text(stores, self_report):
         text = texts[c["example"]]
         start, end = tokens["offsets"][c["row"]]
         assert c["tokens"][c["center"]] == text[start:end]
-        assert "".join(c["tokens"]).replace(" ", "") in text.replace(" ", "")
+        assert c["tokens"][c["center"]].endswith(text[start:end])
+        # each token's own text, whitespace before it included: the window reads like the source
+        assert "".join(c["tokens"]) in text
         assert c["act_a"] == c["act_b"]
+    spaced = [c for f in self_report.features for c in f.contexts
+              if any(t.startswith(" ") for t in c["tokens"])]
+    assert spaced  # the prose windows keep their spaces
 
 
 def test_labels_domain_and_concepts(self_report):
@@ -261,3 +272,185 @@ def test_row_iterator_is_seeded_shuffled_and_covers_every_row(stores):
     assert not np.array_equal(first_pass, x)  # shuffled
     order = np.lexsort(first_pass.T[::-1])
     np.testing.assert_array_equal(first_pass[order], x[np.lexsort(x.T[::-1])])
+
+
+# -- survival v2: planted truth ---------------------------------------------------------
+
+N_PLANT, DESTROYED = 24, tuple(range(6))
+PLANT = SAEConfig(d_sae=32, k=3, lr=5e-3, training_tokens=36_864, batch_size=256,
+                  normalize_activations="none", holdout_fraction=0.15)
+
+
+def _doc_dataset(texts: list[str]):  # noqa: ANN202
+    """word_dataset with a ``doc`` sequence label: a domain's examples among six
+    consecutive ones form a document."""
+    from lensbias.concepts.schema import ConceptDataset, Example
+
+    base = word_dataset(texts)
+    return ConceptDataset("docs", tuple(
+        Example(e.id, e.text, e.spans, {**e.seq_labels, "doc": f"{e.seq_labels['domain']}-{i // 6}"})
+        for i, e in enumerate(base.examples)))
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> dict:
+    """A store of real tokens whose activations are replaced by planted sparse features:
+    24 random unit directions in d=36, 3 active per token, magnitudes in [1, 3]."""
+    tmp = tmp_path_factory.mktemp("planted")
+    lm = make_lm(BPETokenizer.train(_texts(40, 1), vocab_size=200))
+    base = cache_activations(lm, _doc_dataset(_texts(240, 0)), tmp / "base.h5",
+                             CacheConfig(dtype="float32"))
+    with ActivationStore(base) as store:
+        n, d = store.n_tokens, store.d(HOOK)
+    rng = np.random.default_rng(7)
+    dirs = rng.standard_normal((N_PLANT, d))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    codes = np.zeros((n, N_PLANT))
+    for row in range(n):
+        codes[row, rng.choice(N_PLANT, 3, replace=False)] = rng.uniform(1, 3, 3)
+    kept = codes.copy()
+    kept[:, list(DESTROYED)] = 0
+    rotation, _ = np.linalg.qr(np.random.default_rng(8).standard_normal((d, d)))
+    a = _replace_acts(base, tmp / "a.h5", lambda x: codes @ dirs)
+    paths = {"a": a, "destroyed": _replace_acts(base, tmp / "b_destroyed.h5",
+                                                lambda x: kept @ dirs),
+             "rotated": _replace_acts(base, tmp / "b_rotated.h5",
+                                      lambda x: codes @ dirs @ rotation)}
+    with ActivationStore(a) as sa, ActivationStore(paths["destroyed"]) as sd, \
+            ActivationStore(paths["rotated"]) as sr:
+        saes = {"a": train_sae(sa, HOOK, PLANT), "a2": train_sae(sa, HOOK, replace(PLANT, seed=1)),
+                "destroyed": train_sae(sd, HOOK, PLANT), "rotated": train_sae(sr, HOOK, PLANT)}
+        held, _ = heldout_rows(sa, PLANT.holdout_fraction, PLANT.split_seed)
+    cos = saes["a"].W_dec.detach().numpy()
+    cos = (cos / np.linalg.norm(cos, axis=1, keepdims=True)) @ dirs.T
+    recovered = {f: int(cos[f].argmax()) for f in range(len(cos)) if cos[f].max() > 0.9}
+    return {**paths, "saes": saes, "held": held, "recovered": recovered}
+
+
+def _compare(planted, b: str, **kw) -> SAEReport:
+    saes = planted["saes"]
+    with ActivationStore(planted["a"]) as sa, ActivationStore(planted[b]) as sb:
+        align, info = fit_alignment(sa, sb, HOOK, ~planted["held"])
+        return FeatureSurvival(saes["a"]).compare(
+            sa, sb, HOOK, sae_b=saes[b], sae_a2=saes["a2"], align=align,
+            heldout=planted["held"], align_info=info, **kw)
+
+
+def test_heldout_is_whole_documents_of_every_domain(planted):
+    with ActivationStore(planted["a"]) as store:
+        mask, info = heldout_rows(store, 0.15, 0)
+        doc = store.labels("doc")
+        dom = store.labels("domain")
+    assert set(info["domains"]) == {"code", "prose"}
+    for d in np.unique(dom):
+        assert mask[dom == d].any() and not mask[dom == d].all()  # every domain, not all
+    for g in np.unique(doc):
+        assert len(set(mask[doc == g].tolist())) == 1  # a document is on one side only
+    assert not np.array_equal(np.flatnonzero(mask), np.arange(len(mask))[-mask.sum():])
+
+
+def test_planted_sae_is_recovered_and_stable(planted):
+    rec = planted["recovered"]
+    assert len(set(rec.values())) >= 20  # most of the 24 planted directions have a feature
+    report = _compare(planted, "destroyed")
+    s = report.summary
+    assert s["gate"]["passed"] and s["quality"]["a"]["explained_variance"] > 0.8
+    assert s["quality"]["a"]["n_tokens"] == int(planted["held"].sum())
+    stable = {f.index for f in report.features if f.stable}
+    assert set(rec) <= stable | {f for f in rec if report.features[f].verdict == "inactive"}
+    assert s["stability"]["n_stable"] + s["stability"]["n_unstable"] == s["stability"]["n_active"]
+    # seed-to-seed null: a recovered feature and its match in the reseeded SAE agree closely
+    assert np.median([report.features[f].seed_r for f in rec]) > 0.9
+    assert s["seed_null"]["abs_r_random_pairs"]["median"] < 0.3
+
+
+def test_destroyed_subset_is_exactly_the_dead_set(planted):
+    report = _compare(planted, "destroyed")
+    # recovered features that fire on >= 1% of tokens (a planted feature fires on 12.5%)
+    rec = {f: p for f, p in planted["recovered"].items() if report.features[f].rate_a >= 0.01}
+    truth = {f for f, p in rec.items() if p in DESTROYED}
+    assert len(truth) >= 4 and len(rec) >= 18
+    # B's own SAE is a separate training run: one more miss allowed in the information reading
+    for field, tol in (("verdict", 1), ("verdict_aligned", 1), ("verdict_info", 2)):
+        dead = {f for f in rec if getattr(report.features[f], field) == "dead"}
+        survived = {f for f in rec if getattr(report.features[f], field) == "survived"}
+        assert len(dead ^ truth) <= tol, (field, dead, truth)
+        assert len((set(rec) - truth) - survived) <= tol, field
+    assert report.summary["gone"] >= len(truth) - 1 and "gone" in report.summary["headline"]
+
+
+def test_rotation_loses_the_readout_but_not_the_information(planted):
+    report = _compare(planted, "rotated")
+    rec = [f for f in planted["recovered"]
+           if report.features[f].stable and report.features[f].rate_a >= 0.01]
+    assert len(rec) >= 18
+    share = {field: np.mean([getattr(report.features[f], field) == "survived" for f in rec])
+             for field in ("verdict", "verdict_aligned", "verdict_info")}
+    assert share["verdict"] < 0.3, share          # A's SAE reads a rotated B wrongly
+    assert share["verdict_aligned"] > 0.9, share  # the affine map puts it back
+    assert share["verdict_info"] > 0.8, share     # B's own SAE has the same features
+    r = report.summary["readings"]
+    # over every stable feature (weak, rarely firing latents included)
+    assert r["readout"]["survived_share"] < 0.3
+    assert r["aligned"]["survived_share"] > 0.8 and r["information"]["survived_share"] > 0.6
+    assert report.summary["moved"] > report.summary["gone"]
+    assert "moved" in report.summary["headline"]
+    back = SAEReport.from_dict(json.loads(json.dumps(report.to_dict())))
+    assert back.to_dict() == report.to_dict()
+
+
+def test_failed_quality_gate_withholds_verdicts_and_says_why(planted):
+    # k=1 cannot reconstruct tokens made of three features: explained variance stays low
+    weak = SAEConfig(d_sae=32, k=1, lr=5e-3, training_tokens=8192, batch_size=256,
+                     normalize_activations="none", holdout_fraction=0.15)
+    with ActivationStore(planted["a"]) as sa, ActivationStore(planted["destroyed"]) as sb:
+        sae = train_sae(sa, HOOK, weak)
+        report = FeatureSurvival(sae).compare(sa, sb, HOOK, heldout=planted["held"])
+    s = report.summary
+    assert s["quality"]["a"]["explained_variance"] < QualityGate().min_explained_variance
+    assert not s["gate"]["passed"] and "explained variance" in s["gate"]["reasons"][0]
+    assert {f.verdict for f in report.features} <= {"withheld", "inactive"}
+    assert math.isnan(s["survival_rate"]) and "withheld" in s["headline"]
+    html = render_html({"saes": {HOOK: report.to_dict()}})
+    assert "withheld" in html and "explained variance on held-out A tokens" in html
+    assert "class='card" not in html  # no per-feature cards are shown
+
+
+def _row(i: int, verdict: str, r: float, peak: float, rate: float) -> FeatureRow:
+    return FeatureRow(index=i, verdict=verdict, pearson_r=r, rate_a=rate, rate_b=rate,
+                      peak_a=peak, peak_b=peak, mean_active_a=1.0, decoder_norm=1.0,
+                      stable=True)
+
+
+def test_predictability_names_the_planted_predictor():
+    rng = np.random.default_rng(0)
+    peak = rng.lognormal(0, 1, 200)
+    rate = rng.uniform(0.01, 0.1, 200)
+    survived = peak + rng.normal(0, 0.2, 200) > np.median(peak)
+    rows = [_row(i, "survived" if s else "dead", 0.9 if s else 0.1, p, q)
+            for i, (s, p, q) in enumerate(zip(survived, peak, rate))]
+    out = survival_predictability(rows)
+    assert out["strongest"] == "peak_a" and out["single"]["peak_a"]["auc"] > 0.9
+    assert out["auc"] > 0.85 and out["single"]["rate_a"]["auc"] < 0.7
+    assert "decoder_norm" in out["dropped"] and "mean_active_a" in out["dropped"]  # constant
+    coin = [_row(i, "survived" if rng.random() < 0.5 else "dead", 0.5, p, q)
+            for i, (p, q) in enumerate(zip(peak, rate))]
+    assert abs(survival_predictability(coin)["auc"] - 0.5) < 0.15
+    assert "skipped" in survival_predictability(rows[:12])
+
+
+def test_damage_overlap_of_known_sets():
+    def report(damaged: set[int], scores: list[float], sha: str = "x") -> dict:
+        return {"summary": {"sae_a_sha256": sha}, "features": [
+            {"index": i, "verdict": "dead" if i in damaged else "survived",
+             "pearson_r": 1 - s, "stable": i != 9} for i, s in enumerate(scores)]}
+
+    scores = [0.9, 0.8, 0.7, 0.6, 0.1, 0.2, 0.05, 0.0, 0.3, 0.95]
+    a = report({0, 1, 2, 3, 9}, scores)
+    b = report({0, 1, 2, 8}, [s * 0.5 for s in scores])  # same ranking, halved damage
+    out = damage_overlap({"rtn": a, "wanda": b})
+    assert out["n_features"] == 9  # feature 9 is unstable
+    assert out["jaccard"][0][1] == pytest.approx(3 / 5)  # {0,1,2} of {0,1,2,3,8}
+    assert out["spearman"][0][1] == pytest.approx(1.0) and out["jaccard"][0][0] == 1.0
+    with pytest.raises(LensbiasError, match="same SAE"):
+        damage_overlap({"rtn": a, "other": report({0}, scores, sha="y")})

@@ -52,8 +52,9 @@ class DiffConfig:
     """SAE width as a multiple of d_model."""
     sae_k: int = 16
     """TopK SAE's active features per token."""
-    sae_tokens: int = 200_000
-    """Training tokens for the SAE (the store is cycled)."""
+    sae_tokens: int = 100_000
+    """Training tokens for each of the three SAEs (A, A with seed + 1 for stability, B for
+    the information reading; the store's training documents are cycled)."""
     seed: int = 0
     """Seeds probes, SAE, geometry sampling and bootstrap."""
     n_bootstrap: int = 200
@@ -244,15 +245,35 @@ def _probes(store_a: Any, store_b: Any, config: DiffConfig) -> dict[str, Any]:
 
 
 def _sae(store_a: Any, store_b: Any, hook: str, config: DiffConfig, out: Path) -> dict[str, Any]:
-    from lensbias.saes import FeatureSurvival, SAEConfig, train_sae
+    """Survival v2 (docs/survival.md): A's SAE, a second seed on A (stability, the null), an
+    SAE on B (information), the label-free map of B onto A (aligned readout), all on the
+    same held-out documents; each SAE is saved under ``artefacts/sae-HOOK/{a,a-seed2,b}``."""
+    from dataclasses import replace
+
+    from lensbias.saes import (FeatureSurvival, SAEConfig, fit_alignment, heldout_rows,
+                               read_info, train_sae)
 
     cfg = SAEConfig(expansion_factor=config.sae_expansion, k=config.sae_k,
-                    training_tokens=config.sae_tokens, seed=config.seed,
-                    batch_size=min(4096, max(256, store_a.n_tokens // 8)))
+                    training_tokens=config.sae_tokens, seed=config.seed, lr=3e-3,
+                    batch_size=min(1024, max(256, store_a.n_tokens // 8)))
     folder = out / "artefacts" / f"sae-{hook}"
     shutil.rmtree(folder, ignore_errors=True)
-    sae = train_sae(store_a, hook, cfg, out_dir=folder)
-    return FeatureSurvival(sae).compare(store_a, store_b, hook).to_dict()
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    sae = train_sae(store_a, hook, cfg, out_dir=folder / "a")
+    times["train_a"] = time.perf_counter() - t0
+    sae2 = train_sae(store_a, hook, replace(cfg, seed=cfg.seed + 1), out_dir=folder / "a-seed2")
+    times["train_a_seed2"] = time.perf_counter() - t0 - sum(times.values())
+    sae_b = train_sae(store_b, hook, cfg, out_dir=folder / "b")
+    times["train_b"] = time.perf_counter() - t0 - sum(times.values())
+    held, _ = heldout_rows(store_a, cfg.holdout_fraction, cfg.split_seed)
+    align, align_info = fit_alignment(store_a, store_b, hook, ~held, seed=config.seed)
+    report = FeatureSurvival(sae).compare(store_a, store_b, hook, sae_b=sae_b,
+                                          sae_config=read_info(folder / "a"), sae_a2=sae2,
+                                          align=align, heldout=held, align_info=align_info)
+    times["compare"] = time.perf_counter() - t0 - sum(times.values())
+    report.summary["seconds"] = {k: round(v, 2) for k, v in times.items()}
+    return report.to_dict()
 
 
 def _geometry(store_a: Any, store_b: Any, config: DiffConfig) -> dict[str, Any]:

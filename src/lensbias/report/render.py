@@ -170,17 +170,29 @@ def _features(saes: dict[str, Any]) -> str:
     for hook, rep in saes.items():
         s = rep.get("summary", {})
         counts = s.get("counts", {})
-        parts.append(f"<h3>{esc(hook)}</h3><p>A's SAE frozen as the basis; "
+        gate = s.get("gate") or {}
+        parts.append(f"<h3>{esc(hook)}</h3>")
+        if s.get("headline"):
+            parts.append(f"<p class='headline'>{esc(s['headline'])}</p>")
+        parts.append(f"<p>A's SAE frozen as the basis; readout verdicts (A's SAE on B as it "
+                     f"is), all active features: "
                      + ", ".join(f"{esc(k)}: {esc(v)}" for k, v in counts.items())
                      + f". Explained variance on A {fmt((s.get('quality_a') or {}).get('explained_variance'))},"
-                     f" on B {fmt((s.get('quality_b') or {}).get('explained_variance'))}.</p>")
+                     f" on B {fmt((s.get('quality_b') or {}).get('explained_variance'))}"
+                     f" ({esc(gate.get('measured_on', 'every compared token'))}).</p>")
+        parts.append(_sae_panels(s))
+        if gate and not gate.get("passed", True):
+            parts.append(f"<p class='withheld'><b>Per-feature verdicts withheld.</b> A's SAE "
+                         f"misses a quality bar: {esc('; '.join(gate.get('reasons') or []))}. "
+                         f"No feature card is shown.</p>")
+            continue
         for verdict in VERDICT_ORDER:
             group = [f for f in rep.get("features", []) if f.get("verdict") == verdict]
             if not group:
                 continue
             group.sort(key=lambda f: -(f.get("rate_a") or 0))  # most active first
             shown = group[:CARDS_PER_VERDICT]
-            parts.append(f"<h4 class='group'>{esc(verdict)}: {len(group)} features"
+            parts.append(f"<h4 class='group'>{esc(verdict)} in the readout: {len(group)} features"
                          f"{'' if len(shown) == len(group) else f' ({len(shown)} most active shown)'}"
                          f"</h4><div class='cards'>{''.join(_card(hook, f) for f in shown)}</div>")
     controls = ("<div class='filters'>verdict <select id='verdict-filter'><option value=''>all</option>"
@@ -192,25 +204,111 @@ def _features(saes: dict[str, Any]) -> str:
     return f"<section id='features'><h2>SAE features</h2>{controls}{''.join(parts)}</section>"
 
 
+SAE_READINGS = (("readout", "readout: A's SAE on B as is"),
+                ("aligned", "aligned readout: A's SAE on B mapped onto A"),
+                ("information", "information: an SAE trained on B, matched"))
+"""The SAE readings in the order the report lists them, with what each one reads."""
+
+
+def _sae_panels(s: dict[str, Any]) -> str:
+    """Quality gates, stability, the three readings over stable features, the seed-to-seed
+    null and the survival predictability of one SAE summary (v2; empty for v1 files)."""
+    out = []
+    qual = s.get("quality") or {}
+    if qual:
+        names = {"a": "A's SAE on A", "b": "A's SAE on B", "b_aligned": "A's SAE on aligned B",
+                 "a_seed2": "second-seed SAE on A", "b_own": "B's own SAE on B"}
+        rows = "".join(
+            f"<tr><td>{esc(names.get(k, k))}</td><td>{esc(q.get('n_tokens'))}</td>"
+            f"<td>{fmt(q.get('explained_variance'))}</td><td>{fmt(q.get('mse_ratio'))}</td>"
+            f"<td>{fmt(q.get('l0'), 1)}</td><td>{fmt(q.get('dead_fraction'))}</td></tr>"
+            for k, q in qual.items())
+        bars = (s.get("gate") or {}).get("bars") or {}
+        bar_txt = (f"Bars on A's SAE: explained variance ≥ {fmt(bars.get('min_explained_variance'), 2)}, "
+                   f"dead fraction ≤ {fmt(bars.get('max_dead_fraction'), 2)}, mean L0 ≤ "
+                   f"{fmt(bars.get('max_l0_ratio'), 2)} × d_in." if bars else "")
+        out.append(f"<h4>Quality on held-out documents</h4><p>{bar_txt}</p><table><thead><tr>"
+                   f"<th>SAE on activations</th><th>tokens</th><th>explained variance</th>"
+                   f"<th>MSE ratio to A</th><th>L0</th><th>dead fraction</th></tr></thead>"
+                   f"<tbody>{rows}</tbody></table>")
+    stab = s.get("stability")
+    if stab:
+        hist = stab.get("histogram") or {}
+        edges, counts = hist.get("edges") or [], hist.get("counts") or []
+        bins = [(f"{edges[i]:.1f}", c, None) for i, c in enumerate(counts)]
+        out.append(f"<h4>Stability across seeds</h4><p>{esc(stab.get('n_stable'))} of "
+                   f"{esc(stab.get('n_active'))} active features have a best match at decoder "
+                   f"cosine ≥ {fmt(stab.get('threshold'), 2)} in a second SAE on A (another "
+                   f"seed): stable. Unstable share {fmt(stab.get('unstable_share'))}; median "
+                   f"best-match cosine {fmt((stab.get('best_match_cosine') or {}).get('median'))}.</p>"
+                   + bar_chart("Best-match decoder cosine in the second SAE (active features)",
+                               bins, lo=0.0, y_label="features",
+                               x_label="best-match cosine (bin start)"))
+    readings = s.get("readings") or {}
+    if readings:
+        labels = dict(SAE_READINGS)
+        rows = "".join(
+            f"<tr><td>{esc(labels.get(k, k))}</td><td>{esc(v.get('n_stable'))}</td>"
+            f"<td>{fmt(v.get('survived_share'))}</td><td>{fmt(v.get('blurred_share'))}</td>"
+            f"<td>{fmt(v.get('dead_share'))}</td><td>{fmt(v.get('unstable_share'))}</td>"
+            f"<td>{fmt(v.get('median_r_stable'))}</td></tr>"
+            for k, v in readings.items())
+        out.append(f"<h4>Readings over stable features</h4><table><thead><tr><th>reading</th>"
+                   f"<th>stable features</th><th>survived</th><th>blurred</th><th>dead</th>"
+                   f"<th>unstable share (not judged)</th><th>median r</th></tr></thead>"
+                   f"<tbody>{rows}</tbody></table>")
+    null = s.get("seed_null")
+    if null:
+        m = null.get("r_matched_stable") or {}
+        out.append(f"<p>Seed-to-seed null: a stable feature and its match in the second SAE, "
+                   f"both on A's tokens, reach r median {fmt(m.get('median'))} (5th percentile "
+                   f"{fmt(m.get('p05'))}); {fmt(null.get('share_matched_at_or_above_survived_r'))} "
+                   f"of them reach the survived cut-off. Random feature pairs: |r| 99th "
+                   f"percentile {fmt(null.get('abs_r_random_pairs_p99'))}.</p>")
+    pred = s.get("predictability")
+    if pred:
+        if pred.get("skipped"):
+            out.append(f"<p>Survival predictability not computed: {esc(pred['skipped'])}.</p>")
+        else:
+            single = ", ".join(f"{esc(k)} {fmt(v.get('auc'))}"
+                               for k, v in (pred.get("single") or {}).items())
+            out.append(f"<p>Predicting a stable feature's readout survival from A-only "
+                       f"statistics: cross-validated AUC {fmt(pred.get('auc'))} "
+                       f"({esc(pred.get('folds'))}-fold, {esc(pred.get('n_features'))} "
+                       f"features); alone: {single}; strongest: "
+                       f"<b>{esc(pred.get('strongest'))}</b>.</p>")
+    return "".join(out)
+
+
 def _card(hook: str, f: dict[str, Any]) -> str:
     contexts = "".join(_context(c) for c in (f.get("contexts") or [])[:4])
     concept = f"{f.get('top_concept') or ''}={f.get('top_label') or ''}"
+    other = ""
+    if f.get("verdict_aligned") or f.get("verdict_info"):
+        other = (f" · aligned {esc(f.get('verdict_aligned'))} r={fmt(f.get('pearson_r_aligned'), 2)}"
+                 f" · information {esc(f.get('verdict_info'))} r={fmt(f.get('pearson_r_info'), 2)}")
+    if f.get("stable") is not None:
+        other += (f" · {'stable' if f.get('stable') else 'unstable'} "
+                  f"(seed cos {fmt(f.get('stability_cosine'), 2)})")
     return (f"<div class='card {esc(f.get('verdict'))}' data-verdict='{esc(f.get('verdict'))}' "
             f"data-domain='{esc(f.get('domain'))}' data-concept='{esc(concept)}'>"
             f"<div class='card-head'><b>#{esc(f.get('index'))}</b> <span class='verdict'>"
             f"{esc(f.get('verdict'))}</span> r={fmt(f.get('pearson_r'), 2)} · rate A "
             f"{fmt(f.get('rate_a'), 4)} → B {fmt(f.get('rate_b'), 4)} · {esc(f.get('domain'))}"
-            f" · {esc(concept)}</div>{contexts}</div>")
+            f" · {esc(concept)}{other}</div>{contexts}</div>")
 
 
 def _context(c: dict[str, Any]) -> str:
+    """A token window as the source reads: each token's own text, whitespace included
+    (the ``.side`` box keeps spaces; a newline shows as ↵ and breaks the line)."""
     tokens, act_a, act_b = c.get("tokens", []), c.get("act_a", []), c.get("act_b", [])
     peak = max([abs(a) for a in act_a + act_b if a is not None] or [1.0]) or 1.0
 
     def row(acts: list[float]) -> str:
         return "".join(
             f"<span class='tok' style='background:rgba(255,120,0,{max(0.0, (a or 0) / peak):.2f})'"
-            f" title='{(a or 0):.3f}'>{esc(t)}</span>" for t, a in zip(tokens, acts))
+            f" title='{(a or 0):.3f}'>{esc(t.replace(chr(10), '↵' + chr(10)))}</span>"
+            for t, a in zip(tokens, acts))
 
     return (f"<div class='ctx'><div class='side'><i>A</i>{row(act_a)}</div>"
             f"<div class='side'><i>B</i>{row(act_b)}</div></div>")

@@ -1,12 +1,18 @@
 """The result of a frozen-SAE survival comparison: one row per feature of A's SAE, a summary,
 and a JSON round trip (NaN written as null, read back as NaN).
 
-Schema of ``SAEReport.to_dict()`` (version 1)::
+Schema of ``SAEReport.to_dict()`` (version 2; version 1 files, without the v2 fields,
+still load)::
 
-    {"version": 1,
-     "summary": {...},            # see FeatureSurvival.compare: counts, quality, thresholds
+    {"version": 2,
+     "summary": {...},            # see FeatureSurvival.compare and docs/survival.md
      "features": [                # one per feature of A's SAE, by index
-        {"index": int, "verdict": "survived"|"blurred"|"dead"|"inactive",
+        {"index": int, "verdict": "survived"|"blurred"|"dead"|"inactive"|"withheld",
+         "verdict_aligned": str|null, "verdict_info": str|null,   # same values
+         "pearson_r_aligned": float|null, "rate_b_aligned": float|null,
+         "pearson_r_info": float|null, "rate_b_info": float|null,
+         "stable": bool|null, "stability_cosine": float|null, "seed_match": int|null,
+         "seed_r": float|null, "decoder_norm": float|null,
          "pearson_r": float|null, "rate_a": float, "rate_b": float,
          "peak_a": float, "peak_b": float, "mean_active_a": float|null,
          "mean_active_b": float|null, "domain_share_code": float|null,
@@ -26,8 +32,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-VERDICTS = ("survived", "blurred", "dead", "inactive")
-SCHEMA_VERSION = 1
+VERDICTS = ("survived", "blurred", "dead", "inactive", "withheld")
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass
@@ -37,7 +44,9 @@ class FeatureRow:
     index: int
     """Feature index in A's SAE."""
     verdict: str
-    """'survived', 'blurred', 'dead' (lost in B) or 'inactive' (too rare on A to judge)."""
+    """Readout verdict (A's frozen SAE on B's activations as they are): 'survived',
+    'blurred', 'dead' (lost in B), 'inactive' (too rare on A to judge) or 'withheld' (A's
+    SAE missed a quality bar: no per-feature claim is made)."""
     pearson_r: float
     """Pearson r of the feature's activations on A vs on B over the same tokens (NaN when
     either side is constant)."""
@@ -68,8 +77,35 @@ class FeatureRow:
     """Index of the matched feature in an SAE trained on B (when one was given)."""
     match_cosine: float = float("nan")
     """Cosine between the matched decoder directions."""
+    verdict_aligned: str | None = None
+    """Aligned readout: A's frozen SAE on B after the label-free map of B onto A
+    (``lensbias.probes.align.AlignMap``, fitted on unlabeled training-document tokens)."""
+    pearson_r_aligned: float = float("nan")
+    """r of the feature on A vs on the re-aligned B."""
+    rate_b_aligned: float = float("nan")
+    """Firing rate on the re-aligned B."""
+    verdict_info: str | None = None
+    """Information reading: the matched feature of an SAE trained on B (Hungarian matching
+    of decoder directions, B's carried into A's space by the map's linear part); 'dead'
+    when no B feature matches at ``match_cosine``."""
+    pearson_r_info: float = float("nan")
+    """r of the feature on A vs its matched B-SAE feature on B, same tokens."""
+    rate_b_info: float = float("nan")
+    """Firing rate of the matched B-SAE feature on B."""
+    stable: bool | None = None
+    """Whether a second SAE on A (another seed) has a feature with decoder cosine ≥
+    ``stable_cosine`` (best match); None without a second SAE."""
+    stability_cosine: float = float("nan")
+    """Best-match decoder cosine in the second SAE on A."""
+    seed_match: int | None = None
+    """Index of that best match in the second SAE."""
+    seed_r: float = float("nan")
+    """The seed-to-seed null: r of this feature and its best match, both on A's tokens."""
+    decoder_norm: float = float("nan")
+    """L2 norm of the feature's decoder row (raw-activation units)."""
     contexts: list[dict[str, Any]] = field(default_factory=list)
-    """Top-activating tokens on A with their windows: token strings, A and B activations."""
+    """Top-activating tokens on A with their windows: each token's own text, whitespace
+    before it included (concatenated they read like the source), A and B activations."""
 
 
 @dataclass
@@ -93,11 +129,11 @@ class SAEReport:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SAEReport:
         version = data.get("version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             from lensbias.errors import LensbiasError
 
             raise LensbiasError(f"SAE report version {version!r}; this lensbias reads "
-                                f"version {SCHEMA_VERSION}")
+                                f"versions {', '.join(map(str, READABLE_VERSIONS))}")
         floats = {f.name for f in fields(FeatureRow) if f.type in ("float", float)}
         rows = []
         for raw in data["features"]:

@@ -4,10 +4,12 @@ lensbias does not implement an SAE or a training loop: ``train_sae`` builds a sa
 ``TopKTrainingSAE`` or ``StandardTrainingSAE`` and hands it to sae-lens' ``SAETrainer``,
 with an endless, shuffled, memory-bounded iterator over the store's rows as data provider.
 
-Held-out tokens: the last ``holdout_fraction`` of the store's rows (whole examples at the
-end of the dataset, since rows are stored in example order) are never trained on; the
-quality written to ``lensbias.json`` (explained variance, L0, dead features) is measured
-on them.
+Held-out tokens: ``holdout_fraction`` of the *documents* of every domain (``heldout_rows``:
+sequence label ``doc`` for UD prose, ``file`` for code, the example where a token has
+neither; drawn per ``domain`` class with ``split_seed``) are never trained on; the quality
+written to ``lensbias.json`` (explained variance, L0, dead features) is measured on them.
+Every SAE trained with the same ``split_seed`` and ``holdout_fraction`` on stores of the
+same tokens holds out the same documents.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from jaxtyping import Bool, Int
 
 from lensbias.errors import LensbiasError
 from lensbias.store.reader import ActivationStore
@@ -67,7 +70,10 @@ class SAEConfig:
     training and folds the factor into the weights afterwards, so the saved SAE takes raw
     activations) or 'none'."""
     holdout_fraction: float = 0.1
-    """Share of the store's rows, taken from its end, kept out of training for quality."""
+    """Share of each domain's documents kept out of training for quality (``heldout_rows``)."""
+    split_seed: int = 0
+    """Seeds which documents are held out (kept apart from ``seed`` so SAEs of other seeds
+    share the split)."""
     outlier_norm_ratio: float | None = 10.0
     """Rows whose L2 norm exceeds this × the median norm are not trained on (massive
     activations, attention sinks); None keeps every row."""
@@ -109,24 +115,79 @@ class SAEConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def split_rows(n_tokens: int, holdout_fraction: float) -> tuple[int, int]:
-    """``(n_train, n_tokens)``: rows [0, n_train) train, rows [n_train, n_tokens) are held out."""
-    n_held = int(round(n_tokens * holdout_fraction))
-    n_train = n_tokens - n_held
-    if n_train < 1:
-        raise LensbiasError(f"the store holds {n_tokens} tokens: none left to train on after "
-                            f"holding out {holdout_fraction:.0%}")
-    return n_train, n_tokens
+DOCUMENT_LABELS = ("doc", "file")
+"""Sequence label sets naming a token's source document (UD-EWT ``doc``, code ``file``)."""
+
+
+def document_groups(store: ActivationStore, labels: tuple[str, ...] = DOCUMENT_LABELS
+                    ) -> tuple[Int[np.ndarray, " tokens"], list[str]]:
+    """A document id per token and a name per id: the first of ``labels`` the token has
+    (``doc=...``, ``file=...``), else its example (``example=...``)."""
+    example = store.tokens()["example"].astype(np.int64)
+    keys = np.full(len(example), -1, dtype=np.int64)
+    names: list[str] = []
+    for label in labels:
+        if label not in store.label_sets:
+            continue
+        lab = store.labels(label)
+        free = (keys < 0) & (lab >= 0)
+        classes = store.classes(label)
+        used = np.unique(lab[free])
+        offset = len(names)
+        names += [f"{label}={classes[c]}" for c in used]
+        keys[free] = offset + np.searchsorted(used, lab[free])
+    free = keys < 0
+    if free.any():
+        used = np.unique(example[free])
+        offset = len(names)
+        names += [f"example={e}" for e in used]
+        keys[free] = offset + np.searchsorted(used, example[free])
+    return keys, names
+
+
+def heldout_rows(store: ActivationStore, holdout_fraction: float, seed: int = 0,
+                 domain_label: str = "domain") -> tuple[Bool[np.ndarray, " tokens"], dict[str, Any]]:
+    """``(held_out, info)``: a mask of the rows of ``holdout_fraction`` of the documents of
+    each domain (at least one document of every domain that has two or more), drawn with
+    ``seed``; ``info`` counts documents and tokens per domain."""
+    groups, names = document_groups(store)
+    n = len(groups)
+    if domain_label in store.label_sets:
+        dom = store.labels(domain_label)
+        dom_names = store.classes(domain_label)
+    else:
+        dom, dom_names = np.zeros(n, np.int64), ["all"]
+    rng = np.random.default_rng([seed, 13])
+    held = np.zeros(n, dtype=bool)
+    per_domain: dict[str, Any] = {}
+    for d in np.unique(dom):
+        name = dom_names[d] if d >= 0 else "unlabelled"
+        docs = np.unique(groups[dom == d])
+        n_held = int(round(len(docs) * holdout_fraction))
+        if holdout_fraction > 0 and len(docs) >= 2:
+            n_held = min(max(1, n_held), len(docs) - 1)
+        chosen = rng.choice(docs, size=n_held, replace=False) if n_held else docs[:0]
+        rows = (dom == d) & np.isin(groups, chosen)
+        held |= rows
+        per_domain[name] = {"documents": int(len(docs)), "heldout_documents": int(n_held),
+                            "heldout_tokens": int(rows.sum()),
+                            "heldout_names": sorted(names[c] for c in chosen)}
+    if (~held).sum() < 1:
+        raise LensbiasError(f"the store holds {n} tokens: none left to train on after "
+                            f"holding out {holdout_fraction:.0%} of its documents")
+    return held, {"by": "document", "fraction": holdout_fraction, "seed": seed,
+                  "n_tokens": int(held.sum()), "domains": per_domain}
 
 
 def median_norm(store: ActivationStore, hook: str, stop: int, sample: int = 65_536,
-                seed: int = 0) -> float:
-    """Median L2 norm of up to ``sample`` rows spread over [0, stop) (read as sorted rows)."""
-    if stop <= sample:
-        rows: np.ndarray | slice = slice(0, stop)
-    else:
-        rows = np.sort(np.random.default_rng(seed).choice(stop, sample, replace=False))
-    acts = store.activations(hook, rows)
+                seed: int = 0, rows: np.ndarray | None = None) -> float:
+    """Median L2 norm of up to ``sample`` rows spread over [0, stop), or over ``rows``
+    (sorted row indices) when given."""
+    pool = np.arange(stop) if rows is None else np.asarray(rows)
+    if len(pool) > sample:
+        pool = np.sort(np.random.default_rng(seed).choice(pool, sample, replace=False))
+    acts = store.activations(hook, pool if rows is not None or len(pool) < stop
+                             else slice(0, stop))
     return float(np.median(np.linalg.norm(acts, axis=1)))
 
 
@@ -141,12 +202,14 @@ class StoreActivations(Iterator[torch.Tensor]):
 
     def __init__(self, store: ActivationStore, hook: str, batch_size: int, start: int,
                  stop: int, seed: int = 0, chunk_tokens: int = 65_536,
-                 shuffle_blocks: int = 4, max_norm: float | None = None):
+                 shuffle_blocks: int = 4, max_norm: float | None = None,
+                 skip: Bool[np.ndarray, " tokens"] | None = None):
         if stop <= start:
             raise LensbiasError(f"no rows to read from {store.path} (rows {start}:{stop})")
         self.store, self.hook, self.batch_size = store, hook, batch_size
         self.start, self.stop = start, stop
         self.chunk, self.pool_blocks, self.max_norm = chunk_tokens, shuffle_blocks, max_norm
+        self.skip = skip  # rows never yielded (held-out documents), indexed like the store
         self.rng = np.random.default_rng(seed)
         self.gen = torch.Generator().manual_seed(seed)
         self.block_starts = np.arange(start, stop, chunk_tokens)
@@ -155,6 +218,7 @@ class StoreActivations(Iterator[torch.Tensor]):
         self._rest = torch.empty(0, store.d(hook))
         self.rows_read = 0
         self.rows_dropped = 0
+        self._pass_rows = 0
 
     def __iter__(self) -> StoreActivations:
         return self
@@ -173,8 +237,10 @@ class StoreActivations(Iterator[torch.Tensor]):
         parts = [self._rest]
         for _ in range(self.pool_blocks):
             first = self._next_block()
-            acts = torch.from_numpy(self.store.activations(
-                self.hook, slice(first, min(first + self.chunk, self.stop))))
+            last = min(first + self.chunk, self.stop)
+            acts = torch.from_numpy(self.store.activations(self.hook, slice(first, last)))
+            if self.skip is not None:
+                acts = acts[torch.from_numpy(~self.skip[first:last])]
             self.rows_read += len(acts)
             if self.max_norm is not None:
                 keep = acts.norm(dim=1) <= self.max_norm
@@ -184,6 +250,14 @@ class StoreActivations(Iterator[torch.Tensor]):
             if not self._order:  # end of a pass: do not mix two passes' rows twice over
                 break
         pool = torch.cat(parts)
+        self._pass_rows += len(pool) - len(self._rest)
+        if len(pool) == 0 and (self._order or self._pass_rows > 0):
+            self._rest = pool  # only skipped or filtered rows so far: read on
+            if not self._order:
+                self._pass_rows = 0
+            return
+        if not self._order:
+            self._pass_rows = 0
         if len(pool) == 0:
             raise LensbiasError(f"every row of {self.hook} in {self.store.path} was filtered "
                                 f"as an outlier; raise or disable outlier_norm_ratio")
@@ -283,13 +357,18 @@ def train_sae(store: ActivationStore, hook: str, config: SAEConfig = SAEConfig()
     from sae_lens.training.sae_trainer import SAETrainer
 
     d_in = store.d(hook)
-    n_train, n_tokens = split_rows(store.n_tokens, config.holdout_fraction)
+    n_tokens = store.n_tokens
+    held_mask, held_info = heldout_rows(store, config.holdout_fraction, config.split_seed)
+    train_rows = np.flatnonzero(~held_mask)
+    n_train = len(train_rows)
     max_norm = None
     if config.outlier_norm_ratio is not None:
-        max_norm = config.outlier_norm_ratio * median_norm(store, hook, n_train, seed=config.seed)
-    data = StoreActivations(store, hook, config.batch_size, 0, n_train, seed=config.seed,
+        max_norm = config.outlier_norm_ratio * median_norm(store, hook, n_tokens,
+                                                           seed=config.seed, rows=train_rows)
+    data = StoreActivations(store, hook, config.batch_size, 0, n_tokens, seed=config.seed,
                             chunk_tokens=config.chunk_tokens,
-                            shuffle_blocks=config.shuffle_blocks, max_norm=max_norm)
+                            shuffle_blocks=config.shuffle_blocks, max_norm=max_norm,
+                            skip=held_mask if held_mask.any() else None)
     sae = build_training_sae(config, d_in)
     tcfg = trainer_config(config, n_train)
     t0 = time.perf_counter()
@@ -299,7 +378,7 @@ def train_sae(store: ActivationStore, hook: str, config: SAEConfig = SAEConfig()
     seconds = time.perf_counter() - t0
     sae.eval()
     if out_dir is not None:
-        held = store.activations(hook, slice(n_train, n_tokens)) if n_tokens > n_train else None
+        held = store.activations(hook, np.flatnonzero(held_mask)) if held_mask.any() else None
         if held is not None and max_norm is not None:
             held = held[np.linalg.norm(held, axis=1) <= max_norm]
         info = {
@@ -310,7 +389,7 @@ def train_sae(store: ActivationStore, hook: str, config: SAEConfig = SAEConfig()
                       "fingerprint": store.fingerprint,
                       "fingerprint_sha256": hashlib.sha256(json.dumps(
                           store.fingerprint, sort_keys=True).encode()).hexdigest()},
-            "training": {"rows": [0, n_train], "heldout_rows": [n_train, n_tokens],
+            "training": {"n_train_rows": n_train, "heldout": held_info,
                          "max_norm": max_norm, "tokens": tcfg.total_training_samples,
                          "seconds": seconds,
                          "tokens_per_second": tcfg.total_training_samples / max(seconds, 1e-9),
