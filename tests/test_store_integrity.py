@@ -310,3 +310,9 @@ def test_conllu_mismatch_fails_loudly(text, misc, what):
     with pytest.raises(LensbiasError, match="sentence s1") as err:
         _spans(text, misc)
     assert what in str(err.value)
+
+
+def test_threads_zero_is_one_line(capsys):
+    assert main(["cache", "--verify", "x.h5", "--threads", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--threads" in err[0], err
