@@ -1,9 +1,13 @@
 """Activation caching throughput (tokens/s) of tiny-mixed, side by side in one process, and the
 peak memory of caching growing datasets (each size in a fresh subprocess).
 
-Rows, on the same padded batches of the same model (tokens = stored, non-special tokens):
+Rows, on the same model and the same real tokens (tokens = stored, non-special tokens):
 
-  (a)  bare forward pass, no hooks, ``return_type=None`` on pre-built tensors: the limit
+  (L)  bare forward pass, no hooks, ``return_type=None``, over the real tokens packed into
+       full rows of ``window`` tokens, 16 rows per pass (no padding, context crossing
+       examples): the physical limit, pre-built tensors
+  (a)  bare forward over the old writer's batches (16 windows in dataset order, padded)
+  (a2) bare forward over lensbias' batches (windows sorted by length within pools)
   (b)  lensbias ``cache_activations``, default hooks (resid_post of every block), float16,
        end to end (tokenization, fingerprint, labels, HDF5 writes, atomic rename)
   (b1) the same with one hook (``blocks.3.hook_resid_post``)
@@ -14,10 +18,13 @@ Rows, on the same padded batches of the same model (tokens = stored, non-special
        (a-packed), the bare forward pass on those packed rows (no padding)
 
 Each row is timed ``--repeats`` times, interleaved with the others; the best is reported.
+``--threads N`` sets torch's intra-op threads; ``--threads-compare`` times (L) and (b) at 1
+and at 2 threads, interleaved.
 
     python -m benchmarks bench_cache                       # 20k tokens, 10k/100k RSS points
     python benchmarks/bench_cache.py --tokens 50000 --big  # adds the 1M-token RSS point
     python benchmarks/bench_cache.py --no-rss --repeats 5
+    python benchmarks/bench_cache.py --no-rss --no-sae --threads-compare
 """
 
 from __future__ import annotations
@@ -145,25 +152,89 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def _inputs(lm, dataset, window: int):
+    """Windows; the old writer's batches; lensbias' length-sorted batches (as the writer
+    makes them, pool by pool); and the stored tokens packed into full rows of ``window``,
+    16 rows per pass."""
+    from lensbias.store import writer
+    from lensbias.store.writer import _batches, _pad, _pools, iter_windows, length_batches
+
+    budget = 16 * window
+    hooks = tuple(writer.adapter.default_hooks(lm.model))
+    pool = max(4 * budget, writer.POOL_BYTES // writer._row_bytes_guess(lm, hooks, "float16"))
+    windows, sorted_batches = [], []
+    for chunk in _pools(iter_windows(lm, dataset, window), pool):
+        ws = [w for w, _ in chunk]
+        windows += ws
+        sorted_batches += [_pad([ws[i] for i in b], ws[b[0]].ids[0])[0]
+                           for b in length_batches(ws, budget)]
+    batches = [_pad(b, b[0].ids[0])[0] for b in _batches(windows, 16)]
+    real = torch.tensor([w.ids[p] for w in windows for p in w.keep])
+    rows = list(real.split(window))
+    last = [rows.pop()] if len(rows[-1]) < window else []
+    full = [torch.stack(rows[i:i + 16]) for i in range(0, len(rows), 16)]
+    full += [r.view(1, -1) for r in last]  # the one partial row, alone
+    return windows, batches, sorted_batches, full
+
+
+def threads_compare(lm, dataset, device: str, repeats: int) -> None:
+    """(L) and (b) at 1 and 2 intra-op threads, interleaved."""
+    model = lm.model
+    window = min(lm.n_ctx, 256)
+    windows, _, _, full = _inputs(lm, dataset, window)
+    n_tokens = sum(len(w.keep) for w in windows)
+    runs = [(t, key, run) for t in (1, 2)
+            for key, run in (("L", _bare(model, full, device)),
+                             ("b", _lensbias(lm, dataset, None, device)))]
+    best: dict = {}
+    root = Path(tempfile.mkdtemp(prefix="bench_threads-"))
+    try:
+        for _ in range(repeats):
+            for t, key, run in runs:
+                torch.set_num_threads(t)
+                tmp = root / f"{key}{t}"
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir()
+                start = time.perf_counter()
+                run(tmp)
+                best[t, key] = min(best.get((t, key), float("inf")), time.perf_counter() - start)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"\nthreads, best of {repeats} interleaved, {n_tokens} tokens; {_load_line()}")
+    print(f"{'threads':>8}{'(L) s':>9}{'(b) s':>9}{'(b) tok/s':>11}{'(b)/(L)':>9}")
+    for t in (1, 2):
+        print(f"{t:>8}{best[t, 'L']:>9.2f}{best[t, 'b']:>9.2f}{n_tokens / best[t, 'b']:>11.0f}"
+              f"{best[t, 'L'] / best[t, 'b']:>9.2f}")
+    print(f"2 threads / 1 thread, caching time: {best[2, 'b'] / best[1, 'b']:.2f}x")
+
+
 def throughput(lm, dataset, device: str, repeats: int, with_sae: bool) -> None:
     import warnings
 
     from lensbias.models import adapter
-    from lensbias.store.writer import _batches, _pad, plan_windows
 
     model = adapter.to_device(lm.model, device)
-    windows, _ = plan_windows(lm, dataset, min(lm.n_ctx, 256))
+    window = min(lm.n_ctx, 256)
+    windows, batches, sorted_batches, full = _inputs(lm, dataset, window)
     n_tokens = sum(len(w.keep) for w in windows)
-    batches = [_pad(b, b[0].ids[0])[0] for b in _batches(windows, 16)]
     padded = sum(b.numel() for b in batches)
+    padded_sorted = sum(b.numel() for b in sorted_batches)
     stream = torch.tensor([t for w in windows for t in w.ids])
     n_rows = len(stream) // SAE_CTX // 16 * 16
     packed = stream[:n_rows * SAE_CTX].view(n_rows, SAE_CTX)
-    print(f"{dataset.name}: {len(dataset.examples)} examples, {n_tokens} stored tokens in "
-          f"{len(batches)} batches of 16 windows ({padded} padded positions, "
-          f"{n_tokens / padded:.0%} real); sae-lens rows: {n_rows} x {SAE_CTX} = "
+    print(f"{dataset.name}: {len(dataset.examples)} examples, {n_tokens} stored tokens; "
+          f"(L) {sum(len(r) for r in full)} rows of <= {window}; (a) {len(batches)} batches "
+          f"of 16 windows in dataset order, {padded} positions, {1 - n_tokens / padded:.1%} "
+          f"padding; (a2) lensbias' {len(sorted_batches)} length-sorted batches, "
+          f"{padded_sorted} positions, {1 - sum(len(w.ids) for w in windows) / padded_sorted:.1%} "
+          f"padding (specials count as real); sae-lens rows: {n_rows} x {SAE_CTX} = "
           f"{packed.numel()} tokens")
-    rows = [("a", "bare forward, no hooks (limit)", n_tokens, _bare(model, batches, device), None),
+    rows = [("L", "bare forward, real tokens in full rows", n_tokens,
+             _bare(model, full, device), None),
+            ("a", "bare forward, old dataset-order batches", n_tokens,
+             _bare(model, batches, device), None),
+            ("a2", "bare forward, lensbias' sorted batches", n_tokens,
+             _bare(model, sorted_batches, device), None),
             ("b", "lensbias cache_activations, 4 hooks f16", n_tokens,
              _lensbias(lm, dataset, None, device), "lensbias.h5"),
             ("b1", "lensbias cache_activations, 1 hook f16", n_tokens,
@@ -207,16 +278,17 @@ def throughput(lm, dataset, device: str, repeats: int, with_sae: bool) -> None:
         shutil.rmtree(root, ignore_errors=True)
     rate = {key: n / best[key] for key, _l, n, *_ in rows}
     print(f"best of {repeats}, interleaved; {_load_line()} (after the runs)")
-    print(f"{'':<11}{'method':<41}{'tokens':>8}{'seconds':>9}{'tok/s':>9}{'x (a)':>7}"
+    print(f"{'':<11}{'method':<41}{'tokens':>8}{'seconds':>9}{'tok/s':>9}{'x (L)':>7}"
           f"{'MB on disk':>11}")
     for key, label, n, *_ in rows:
         mb = f"{disk[key] / 1e6:.1f}" if key in disk else "-"
         print(f"{'(' + key + ')':<11}{label:<41}{n:>8}{best[key]:>9.2f}{rate[key]:>9.0f}"
-              f"{rate[key] / rate['a']:>7.2f}{mb:>11}")
+              f"{rate[key] / rate['L']:>7.2f}{mb:>11}")
     if "d" in rate:
         print(f"sae-lens vs the bare forward on its own packed rows: "
               f"{rate['d'] / rate['a-packed']:.2f}x")
-    print(f"lensbias (b) / (a) = {rate['b'] / rate['a']:.2f} (goal >= 0.85)")
+    print(f"lensbias (b) / (L) = {rate['b'] / rate['L']:.2f} (goal >= 0.85); "
+          f"(b) / (a2) = {rate['b'] / rate['a2']:.2f}")
     if sae_note:
         print(sae_note)
 
@@ -305,9 +377,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--big", action="store_true", help="add the 1M-token memory point")
     parser.add_argument("--rss-only", action="store_true", help="only the memory table")
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--threads-compare", action="store_true",
+                        help="also time (L) and (b) at 1 and 2 threads")
     if argv is None:  # `python -m benchmarks bench_cache` leaves the bench names in argv
         argv = [a for a in sys.argv[1:] if not a.startswith("bench_")]
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.rss_child:
         rss_child(args.rss_child, args.dataset, args.device)
         return
@@ -321,6 +398,8 @@ def main(argv: list[str] | None = None) -> None:
     dataset = repeated_dataset(lm, args.dataset, args.tokens)
     if not args.rss_only:
         throughput(lm, dataset, args.device, args.repeats, with_sae=not args.no_sae)
+    if args.threads_compare:
+        threads_compare(lm, dataset, args.device, args.repeats)
     if not args.no_rss:
         sizes = [int(s) for s in args.rss_sizes.split(",") if s]
         memory(sizes + ([1_000_000] if args.big else []), args.dataset, args.device)
