@@ -36,3 +36,16 @@ def test_tiny_mixed_card_and_docs_state_the_default_slice_figures():
 def test_every_card_names_both_slices(name):
     card = (WEIGHTS_DIR / name / "MODEL_CARD.md").read_text()
     assert len(_default_slice_rows(card)) == 2 and "train-eval-150k" in card
+
+
+def test_the_report_names_the_slice_of_its_bits_per_byte():
+    from lensbias.report.render import _behaviour
+
+    stats = {"n": 100, "n_examples": 5, "loss_a": 1.0, "loss_b": 1.5, "extra": 0.5,
+             "ci": {"extra": [0.4, 0.6]}}
+    beh = {"bits_per_byte": {"A": {"code": 1.9, "prose": 2.4}, "B": {"code": 2.0, "prose": 2.5}},
+           "bits_per_byte_slice": HELD_OUT_SLICE, "overall": stats, "by_bucket": {"common": stats},
+           "by_domain": {}, "by_concept": {}}
+    assert f"held-out slice {HELD_OUT_SLICE}" in _behaviour(beh)
+    del beh["bits_per_byte_slice"]  # a summary written before the slice had a name
+    assert "Bits per byte on held-out text" in _behaviour(beh)

@@ -357,7 +357,9 @@ def _behaviour(beh: dict[str, Any] | None) -> str:
         f"<td>{fmt(s.get('loss_b'))}</td><td>{fmt(s.get('extra'))}</td>"
         f"<td class='ci'>{fmt_ci((s.get('ci') or {}).get('extra'))}</td></tr>"
         for b, s in buckets.items())
-    bpb_chart = bar_chart("Bits per byte on held-out text", bars, groups=models, width=400,
+    held_out = (f"held-out slice {beh['bits_per_byte_slice']}" if beh.get("bits_per_byte_slice")
+                else "held-out text")  # summaries written before the slice was named
+    bpb_chart = bar_chart(f"Bits per byte on {held_out}", bars, groups=models, width=400,
                           y_label="bits per byte", x_label="held-out text domain")
     extra_chart = bar_chart("Extra loss of B by token frequency, 95% interval", extra,
                             width=460, y_label="extra loss (nats/token)",
