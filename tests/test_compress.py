@@ -202,6 +202,19 @@ def test_compress_user_errors(model_dir, tmp_path, capsys, args, message):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 
+def test_compress_table_names_the_bits_per_byte_slice(tmp_path):
+    from lensbias.cli.compress import _table
+
+    m = {"sparsity": {"attn": 0.5}, "bits_per_weight_rewritten": None,
+         "params": {"original": 10, "compressed": 10, "nonzero": 5},
+         "bytes_fp16_estimate": {"original": 20, "compressed": 10},
+         "bits_per_byte": {"original": {"code": 1.9, "prose": 2.4},
+                           "compressed": {"code": 2.0, "prose": 2.5}},
+         "bits_per_byte_slice": "stdlib40-gumdev400"}
+    lines = [line for line in _table("m", tmp_path, m).splitlines() if "bits/byte" in line]
+    assert len(lines) == 2 and all("held-out slice stdlib40-gumdev400" in line for line in lines)
+
+
 def test_compress_cli_writes_recipe_and_measures(model_dir, tmp_path, capsys):
     out = tmp_path / "w"
     assert main(["compress", str(model_dir), "-m", "wanda", "--sparsity", "0.5", "--calib",

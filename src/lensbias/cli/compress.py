@@ -113,5 +113,6 @@ def _table(name: str, out: Path, m: dict) -> str:
     for which in ("original", "compressed"):
         bpb = m.get("bits_per_byte", {}).get(which, {})
         if bpb and None not in bpb.values():
-            lines.append(f"bits/byte {which:<10}: code {bpb['code']:.3f}, prose {bpb['prose']:.3f}")
+            lines.append(f"bits/byte {which:<10}: code {bpb['code']:.3f}, prose {bpb['prose']:.3f}"
+                         f" (held-out slice {m.get('bits_per_byte_slice', '?')})")
     return "\n".join(lines)
