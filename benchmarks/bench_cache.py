@@ -25,6 +25,7 @@ and at 2 threads, interleaved.
     python benchmarks/bench_cache.py --tokens 50000 --big  # adds the 1M-token RSS point
     python benchmarks/bench_cache.py --no-rss --repeats 5
     python benchmarks/bench_cache.py --no-rss --no-sae --threads-compare
+    python benchmarks/bench_cache.py --tokens 5000 --threads-only
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ def _inputs(lm, dataset, window: int):
 
     budget = 16 * window
     hooks = tuple(writer.adapter.default_hooks(lm.model))
-    pool = max(4 * budget, writer.POOL_BYTES // writer._row_bytes_guess(lm, hooks, "float16"))
+    pool = writer.pool_size(lm, hooks, "float16", budget)
     windows, sorted_batches = [], []
     for chunk in _pools(iter_windows(lm, dataset, window), pool):
         ws = [w for w, _ in chunk]
@@ -380,6 +381,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--threads-compare", action="store_true",
                         help="also time (L) and (b) at 1 and 2 threads")
+    parser.add_argument("--threads-only", action="store_true",
+                        help="only the 1-vs-2-threads table")
     if argv is None:  # `python -m benchmarks bench_cache` leaves the bench names in argv
         argv = [a for a in sys.argv[1:] if not a.startswith("bench_")]
     args = parser.parse_args(argv)
@@ -396,6 +399,9 @@ def main(argv: list[str] | None = None) -> None:
     print(_load_line() + " (before)")
     lm = load_model("tiny-mixed", device=args.device)
     dataset = repeated_dataset(lm, args.dataset, args.tokens)
+    if args.threads_only:
+        threads_compare(lm, dataset, args.device, args.repeats)
+        return
     if not args.rss_only:
         throughput(lm, dataset, args.device, args.repeats, with_sae=not args.no_sae)
     if args.threads_compare:

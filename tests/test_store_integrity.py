@@ -80,8 +80,9 @@ def test_builtin_dataset_padding_under_ten_percent():
     lm = load_model("tiny-mixed")
     hooks = tuple(writer.adapter.default_hooks(lm.model))
     budget = 16 * 256
-    pool = max(4 * budget, writer.POOL_BYTES // writer._row_bytes_guess(lm, hooks, "float16"))
     data = load_dataset("ud-ewt", max_examples=1500)
+    pool = writer.pool_size(lm, hooks, "float16", budget)
+    assert 4 * budget <= pool <= 8 * budget
     real = padded = 0
     for chunk in writer._pools(writer.iter_windows(lm, data, 256), pool):
         ws = [w for w, _ in chunk]

@@ -40,8 +40,8 @@ T = TypeVar("T")
 
 POOL_BYTES = 64 << 20
 """Activation bytes (all hooks, storage dtype) a pool of windows may hold while its batches run
-in length order; a pool holds at least four full batches (``4 × batch_size × window``
-tokens), so that windows of equal length meet."""
+in length order; a pool holds 4 to 8 full batches (``batch_size × window`` tokens each), so
+that windows of equal length meet while the pool's bookkeeping stays small."""
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,7 @@ def _write(path: Path, lm: LoadedModel, dataset: ConceptDataset, hooks: tuple[st
     the dataset's size. Row datasets grow pool by pool."""
     buckets = frequency_buckets(lm.token_counts, lm.tokenizer.vocab_size)
     budget = config.batch_size * window
-    pool_tokens = max(4 * budget, POOL_BYTES // _row_bytes_guess(lm, hooks, config.dtype))
+    pool_tokens = pool_size(lm, hooks, config.dtype, budget)
     with h5py.File(path, "w") as f:
         _write_header(f, lm, dataset, fp, config)
         columns = _Columns(f, dataset, buckets)
@@ -233,6 +233,11 @@ def _write(path: Path, lm: LoadedModel, dataset: ConceptDataset, hooks: tuple[st
 
 _CHECKSUM = {"fletcher32": True}
 """Every dataset carries HDF5's Fletcher-32 checksum per chunk; h5py verifies it on read."""
+
+
+def pool_size(lm: LoadedModel, hooks: tuple[str, ...], dtype: str, budget: int) -> int:
+    """Tokens per pool: POOL_BYTES of rows, clamped to 4..8 batches of ``budget`` positions."""
+    return min(8 * budget, max(4 * budget, POOL_BYTES // _row_bytes_guess(lm, hooks, dtype)))
 
 
 def _row_bytes_guess(lm: LoadedModel, hooks: tuple[str, ...], dtype: str) -> int:
