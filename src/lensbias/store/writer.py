@@ -148,8 +148,11 @@ def _lock(out: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def _sigterm_as_exit() -> Iterator[None]:
     """While writing, SIGTERM raises SystemExit(143) so the ``finally`` clean-ups run (the
-    temporary file and the lock are removed), as KeyboardInterrupt does for SIGINT."""
-    if threading.current_thread() is not threading.main_thread():
+    temporary file and the lock are removed), as KeyboardInterrupt does for SIGINT. Only
+    where SIGTERM has its default action: a handler someone installed (the CLI's, which
+    raises its own exception) is left in place."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
         yield
         return
 
