@@ -43,7 +43,8 @@ class DiffConfig:
     concepts: tuple[str, ...] | None = None
     """Concepts to probe (None: every token-level label set)."""
     hooks: tuple[str, ...] | None = None
-    """Hooks to cache and compare (None: residual stream after every block)."""
+    """Hooks to cache and compare (None: residual stream after every block); the embedding
+    stream ``blocks.0.hook_resid_pre`` is always cached too, for the ``embed`` floor."""
     sae: bool = True
     """Train an SAE on A and measure feature survival."""
     sae_hook: str | None = None
@@ -169,7 +170,8 @@ def _run_diff(a: Any, b: Any, recipe: Recipe | None, data: Any, config: DiffConf
     tick("load+compress")
 
     stage("cache")
-    cache_cfg = CacheConfig(hooks=config.hooks, dtype="float16", device=config.device)
+    cache_cfg = CacheConfig(hooks=_cache_hooks(a, config), dtype="float16",
+                            device=config.device)
     path_a, path_b = cache_pair(a, b, data, out / "cache", cache_cfg, progress=progress)
     tick("cache")
 
@@ -183,7 +185,9 @@ def _run_diff(a: Any, b: Any, recipe: Recipe | None, data: Any, config: DiffConf
         saes = {}
         if config.sae:
             stage("sae")
-            hook = config.sae_hook or store_a.hooks[len(store_a.hooks) // 2]
+            probed = [h for h in store_a.hooks if h != "blocks.0.hook_resid_pre"] \
+                or store_a.hooks
+            hook = config.sae_hook or probed[len(probed) // 2]
             saes[hook] = _cached(out, f"sae-{hook}", key,
                                  lambda: _sae(store_a, store_b, hook, config, out))
             tick("sae")
@@ -236,6 +240,16 @@ def _cached(out: Path, name: str, key: str, compute: Callable[[], dict[str, Any]
     return result
 
 
+def _cache_hooks(a: Any, config: DiffConfig) -> tuple[str, ...]:
+    """The hooks to cache: those asked for (default: every block's residual stream) plus
+    the context-free embedding stream the probes' ``embed`` floor reads."""
+    from lensbias.models import adapter
+    from lensbias.probes.floors import EMBED_HOOK
+
+    hooks = tuple(config.hooks or adapter.default_hooks(a.model))
+    return hooks if EMBED_HOOK in hooks else (*hooks, EMBED_HOOK)
+
+
 def _probes(store_a: Any, store_b: Any, config: DiffConfig) -> dict[str, Any]:
     from lensbias.probes.pair import ProbeConfig, ProbePair
 
@@ -279,7 +293,11 @@ def _sae(store_a: Any, store_b: Any, hook: str, config: DiffConfig, out: Path) -
 def _geometry(store_a: Any, store_b: Any, config: DiffConfig) -> dict[str, Any]:
     from lensbias.geometry.compare import GeometryConfig, compare_geometry
 
-    return compare_geometry(store_a, store_b, GeometryConfig(seed=config.seed)).to_dict()
+    from lensbias.probes.floors import EMBED_HOOK
+
+    hooks = config.hooks or tuple(h for h in store_a.hooks if h != EMBED_HOOK)
+    return compare_geometry(store_a, store_b, GeometryConfig(seed=config.seed, hooks=hooks)
+                            ).to_dict()
 
 
 def _behaviour(a: Any, b: Any, data: Any, store_a: Any, config: DiffConfig) -> dict[str, Any]:

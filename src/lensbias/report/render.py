@@ -65,32 +65,71 @@ def render_html(summary: dict[str, Any]) -> str:
 def _headline(summary: dict[str, Any]) -> str:
     head = summary.get("headline") or {}
     sentence = esc(head.get("sentence", "No probe results."))
-    bars = [(d, v.get("survival"), v.get("survival_ci"))
-            for d, v in (head.get("by_domain") or {}).items()]
-    chart = bar_chart("Concept survival by domain (1 = fully kept)", bars, lo=0.0, hi=1.1)
+    bars, groups = [], []
+    for domain, kinds in sorted((head.get("by_domain") or {}).items()):
+        agg = kinds.get("contextual") or {}
+        if not agg.get("n_concepts"):
+            continue
+        for key, label in (("information", "information"), ("readout", "readout"),
+                           ("aligned_readout", "aligned")):
+            bars.append((f"{domain} {label}", agg.get(key), agg.get(f"{key}_ci")))
+            groups.append(label)
+    chart = (bar_chart("Contextual concepts: share of A's gain over the floor kept on B",
+                       bars, lo=0.0, hi=1.1, groups=groups, width=120 + 70 * len(bars),
+                       y_label="kept (1 = all of A's gain)",
+                       note="unclipped; 95% bootstrap intervals over test documents")
+             if bars else "<p class='note'>No contextual concept entered the aggregates at "
+             "this hook, so no reading is charted.</p>")
     return (f"<section id='headline'><h2>Headline</h2><p class='headline'>{sentence}</p>"
-            f"{chart}</section>")
+            f"<p class='note'>Information: a probe retrained on B. Readout: A's probe on B "
+            f"unchanged. Aligned: A's probe on B after a label-free "
+            f"{esc((summary.get('probes') or {}).get('config', {}).get('realign', 'affine'))} "
+            f"map of B onto A fitted on unlabeled training tokens. Each is the share of A's "
+            f"gain over the floor (max of majority, token-id lookup and the embedding-stream "
+            f"probe) that is kept.</p>{chart}</section>")
 
 
 def _concept_table(probes: dict[str, Any]) -> str:
     best = best_rows(probes)
+    min_test = (probes.get("config") or {}).get("min_test_tokens")
     rows = []
     for r in best:
+        kind = r.get("kind") or ""
+        flag = " <span class='flag'>underpowered</span>" if r.get("underpowered") else ""
         rows.append(
-            f"<tr data-domain='{esc(r.get('domain'))}'><td>{esc(r.get('concept'))}</td>"
-            f"<td>{esc(r.get('domain'))}</td><td>{esc(r.get('layer'))}</td>"
-            f"<td>{fmt(r.get('majority'))}</td><td>{fmt(r.get('acc_a'))}</td>"
-            f"<td>{fmt(r.get('transfer'))}</td><td>{fmt(r.get('retrained'))}</td>"
-            f"<td>{fmt(r.get('selectivity_a'))}</td><td>{fmt(r.get('survival'))}</td>"
-            f"<td class='ci'>{fmt_ci(r.get('survival_ci'))}</td></tr>")
+            f"<tr data-domain='{esc(r.get('domain'))}' data-kind='{esc(kind)}'>"
+            f"<td>{esc(r.get('concept'))}</td><td>{esc(r.get('domain'))}</td>"
+            f"<td>{esc(kind)}</td><td>{esc(r.get('layer'))}</td>"
+            f"<td>{esc(r.get('n_test'))}{flag}</td>"
+            f"<td>{fmt(r.get('majority'))}</td><td>{fmt(r.get('token_id'))}</td>"
+            f"<td>{fmt(r.get('embed'))}</td><td>{fmt(r.get('acc_a'))} "
+            f"<span class='ci'>(train {fmt(r.get('train_acc_a'))})</span></td>"
+            f"<td>{fmt(r.get('context_gain'))} <span class='ci'>"
+            f"{fmt_ci(r.get('context_gain_ci'))}</span></td>"
+            f"<td>{fmt(r.get('selectivity_a'))}</td>"
+            + "".join(f"<td>{fmt(r.get(k))} <span class='ci'>"
+                      f"{fmt_ci(r.get(f'{k}_ci')) if r.get(k) is not None else ''}</span></td>"
+                      for k in ("information", "readout", "aligned_readout"))
+            + "</tr>")
     table = sortable_table("concept-table", [
-        "concept", "domain", "best layer", "majority", "acc A", "transfer A→B",
-        "retrained B", "selectivity A", "survival", "survival CI"], rows)
+        "concept", "domain", "kind", "best layer", "test tokens", "majority", "token id",
+        "embed", "acc A", "context gain", "selectivity A", "information", "readout",
+        "aligned readout"], rows)
+    skipped = probes.get("skipped") or []
+    skipped_html = ("<h3>Not measured</h3><ul id='skipped'>"
+                    + "".join(f"<li><b>{esc(s.get('concept'))}</b>: {esc(s.get('reason'))}</li>"
+                              for s in skipped) + "</ul>") if skipped else ""
     return (f"<section id='concepts'><h2>Concept survival</h2>"
-            f"<p>One row per concept at its best layer on A. Transfer applies A's probe to B's "
-            f"activations unchanged; retrained fits a new probe on B. Click a header to sort.</p>"
+            f"<p>One row per concept at its best layer on A. Floors: majority class, the "
+            f"most frequent training label per token id, and the same probe on the "
+            f"context-free embedding stream; context gain = acc A − the highest floor, and a "
+            f"concept whose gain's lower bound is ≤ 0 is <i>token identity</i>: readable "
+            f"from the token alone (its readings are normalised to the majority class "
+            f"instead). Readings are unclipped shares of A's gain over that baseline; rows "
+            f"under {esc(min_test)} test tokens are flagged and left out of the "
+            f"aggregates. Click a header to sort.</p>"
             f"<input id='concept-filter' type='search' placeholder='filter concepts or domain'>"
-            f"{table}</section>")
+            f"{table}{skipped_html}</section>")
 
 
 def sortable_table(table_id: str, headers: list[str], rows: list[str]) -> str:
