@@ -857,9 +857,9 @@ def sae_headline(summary: dict[str, Any], n_active: int) -> str:
             return sentence + " The readout keeps every stable feature."
         what = ("mostly moved" if moved > gone + degraded else "mostly gone" if gone > moved
                 + degraded else "mostly degraded" if degraded > moved + gone else "mixed")
-        sentence += (f" Of the {lost} the readout does not keep, {moved} survive another "
-                     f"reading (moved, not lost), {gone} are dead in {last} (gone) and "
-                     f"{degraded} are blurred in every reading: {what}.")
+        sentence += (f" Of the {lost} the readout does not keep: moved (another reading "
+                     f"keeps them) {moved}, gone (dead in {last}) {gone}, blurred in every "
+                     f"reading {degraded}; {what}.")
     return sentence
 
 
