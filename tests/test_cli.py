@@ -54,7 +54,7 @@ def test_cache_then_summary(model_dir, data_file, tmp_path, capsys):
     (["cache", "no-such-model", "-d", "ud-ewt"], "unknown model 'no-such-model'"),
     (["cache", "tiny-mixed", "-d", "no-such-data"], "no-such-data"),
     (["summary", "missing.h5"], "does not exist"),
-    (["cache"], "Missing argument"),
+    (["cache"], "MODEL and --dataset are required"),
     (["nonsense-command"], "No such command"),
 ])
 def test_user_errors_are_one_line_exit_2(argv, message, tmp_path, monkeypatch):
