@@ -272,21 +272,17 @@ def _sae(store_a: Any, store_b: Any, hook: str, config: DiffConfig, out: Path) -
                     batch_size=min(1024, max(256, store_a.n_tokens // 8)))
     folder = out / "artefacts" / f"sae-{hook}"
     shutil.rmtree(folder, ignore_errors=True)
-    times: dict[str, float] = {}
-    t0 = time.perf_counter()
     sae = train_sae(store_a, hook, cfg, out_dir=folder / "a")
-    times["train_a"] = time.perf_counter() - t0
     sae2 = train_sae(store_a, hook, replace(cfg, seed=cfg.seed + 1), out_dir=folder / "a-seed2")
-    times["train_a_seed2"] = time.perf_counter() - t0 - sum(times.values())
     sae_b = train_sae(store_b, hook, cfg, out_dir=folder / "b")
-    times["train_b"] = time.perf_counter() - t0 - sum(times.values())
     held, _ = heldout_rows(store_a, cfg.holdout_fraction, cfg.split_seed)
     align, align_info = fit_alignment(store_a, store_b, hook, ~held, seed=config.seed)
-    report = FeatureSurvival(sae).compare(store_a, store_b, hook, sae_b=sae_b,
-                                          sae_config=read_info(folder / "a"), sae_a2=sae2,
-                                          align=align, heldout=held, align_info=align_info)
-    times["compare"] = time.perf_counter() - t0 - sum(times.values())
-    report.summary["seconds"] = {k: round(v, 2) for k, v in times.items()}
+    info = read_info(folder / "a")  # training times stay in lensbias.json: the summary is
+    info["training"] = {k: v for k, v in info.get("training", {}).items()  # deterministic
+                        if k not in ("seconds", "tokens_per_second")}
+    report = FeatureSurvival(sae).compare(store_a, store_b, hook, sae_b=sae_b, sae_config=info,
+                                          sae_a2=sae2, align=align, heldout=held,
+                                          align_info=align_info)
     return report.to_dict()
 
 
