@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -38,14 +39,58 @@ def test_linear_views_round_trip_every_layout(bpe):
     assert torch.equal(q.read(lm.model)[12 + 5], lm.model.blocks[0].attn.W_Q[1, :, 5])
 
 
-def test_views_read_the_input_that_feeds_them(bpe):
-    """W_in · (ln2 output) + b_in must equal the MLP's pre-activation hook."""
+def _random_norms(lm):
+    """LayerNorm weights and biases away from 1 and 0 (a fresh model's hide the difference
+    between a norm's hook_normalized, taken before them, and its output)."""
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, p in lm.model.named_parameters():
+            if name.split(".")[-2].startswith("ln"):
+                p.copy_(p + 0.5 * torch.randn(p.shape, generator=gen))
+    return lm
+
+
+@pytest.mark.parametrize("norm", ["LN", "RMS"])
+def test_views_read_the_input_that_feeds_them(bpe, norm):
+    """x @ W + b of every view's input must equal what the model computes: the MLP's
+    pre-activation, a head's queries, the logits (norm weights and biases not 1 and 0)."""
     lm = make_lm(bpe)
-    view = next(v for v in linear_views(lm.model) if v.param == "blocks.1.mlp.W_in")
-    _, cache = lm.model.run_with_cache(torch.tensor([bpe.encode("def add(a, b):").ids]))
-    x = cache[view.input_hook][0]
-    pre = x @ view.read(lm.model).T + lm.model.blocks[1].mlp.b_in
-    torch.testing.assert_close(pre, cache["blocks.1.mlp.hook_pre"][0], atol=1e-5, rtol=1e-5)
+    if norm == "RMS":
+        from lensbias.models.adapter import build_decoder
+
+        cfg = {**lm.model.cfg.to_dict(), "normalization_type": "RMS"}
+        cfg = {k: cfg[k] for k in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp",
+                                   "d_vocab", "n_ctx", "act_fn", "normalization_type")}
+        lm = dataclasses.replace(lm, model=build_decoder(cfg))
+    lm = _random_norms(lm)
+    views = {v.param: v for v in linear_views(lm.model)}
+    tokens = torch.tensor([bpe.encode("def add(a, b):").ids])
+    logits, cache = lm.model.run_with_cache(tokens)
+    for param, bias, out in [("blocks.1.mlp.W_in", "blocks.1.mlp.b_in", "blocks.1.mlp.hook_pre"),
+                             ("blocks.0.attn.W_Q", "blocks.0.attn.b_Q", "blocks.0.attn.hook_q"),
+                             ("unembed.W_U", "unembed.b_U", None)]:
+        view = views[param]
+        x = view.input_of(lm.model, cache[view.input_hook][0])
+        got = x @ view.read(lm.model).T + lm.model.get_parameter(bias).reshape(-1)
+        want = logits[0] if out is None else cache[out][0]
+        torch.testing.assert_close(got, want.reshape(got.shape), atol=1e-4, rtol=1e-4)
+
+
+def test_wanda_scores_the_norm_output_not_its_hook(bpe):
+    """The driver's Wanda mask on W_Q is |W|·‖x‖ of ln1's output (weight and bias applied)."""
+    from lensbias.compress.calib import collect_inputs
+    from lensbias.compress.wanda import row_mask
+
+    lm = _random_norms(make_lm(bpe))
+    view = next(v for v in linear_views(lm.model) if v.param == "blocks.0.attn.W_Q")
+    out = compress(lm, Recipe("wanda", {"sparsity": 0.5}, calib=SMALL))
+    tokens = calibration_tokens(lm, SMALL)
+    real = collect_inputs(lm.model, tokens, [view], with_xtx=False)[view.input_hook]
+    hook = collect_inputs(lm.model, tokens, [view.input_hook], with_xtx=False)[view.input_hook]
+    w = view.read(lm.model)
+    got = view.read(out.lm.model) == 0
+    assert torch.equal(got, row_mask(w.abs() * real.col_norm.float()[None], 0.5))
+    assert not torch.equal(got, row_mask(w.abs() * hook.col_norm.float()[None], 0.5))
 
 
 def test_magnitude_matches_torch_l1_unstructured():

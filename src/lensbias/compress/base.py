@@ -221,6 +221,7 @@ def _run_matrices(method: MatrixMethod, lm: LoadedModel, views: list[LinearView]
         if resid is not None:
             for layer in range(last + 1, model.cfg.n_layers):
                 resid = [adapter.run_block(model, layer, r)[0] for r in resid]
+            # ln_final's whole output (weight and bias applied), as unembed[0].input_of gives
             stats = _accumulate({unembed[0].input_hook: [adapter.final_norm(model, r) for r in resid]},
                                 method.needs_xtx)
         bits.update(_apply(method, model, unembed, stats))
@@ -234,12 +235,14 @@ def _block_stats(method: MatrixMethod, model: torch.nn.Module, layer: int,
                  resid: list[Tensor] | None, group: list[LinearView]) -> dict[str, InputStats]:
     if resid is None or not group:
         return {}
-    hooks = list(dict.fromkeys(v.input_hook for v in group))
+    readers = {v.input_hook: v for v in group}  # views sharing a hook share its norm
+    hooks = list(readers)
     stats: dict[str, InputStats] = {}
     for r in resid:
         _, got = adapter.run_block(model, layer, r, hooks)
         for h in hooks:
-            flat = got[h].reshape(-1, got[h][0, 0].numel())
+            x = readers[h].input_of(model, got[h])
+            flat = x.reshape(-1, x[0, 0].numel())
             stats.setdefault(h, InputStats(flat.shape[1], method.needs_xtx)).update(flat, len(r))
     return stats
 

@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -151,17 +152,21 @@ class InputStats:
         return self.abs_sum / max(self.n, 1)
 
 
-def collect_inputs(model: torch.nn.Module, tokens: Tensor, hooks: Sequence[str],
+def collect_inputs(model: torch.nn.Module, tokens: Tensor, hooks: Sequence[Any],
                    batch_size: int = 16, encoder: bool = False,
                    with_xtx: bool = True) -> dict[str, InputStats]:
     """Statistics of every hook in ``hooks`` over all calibration tokens (specials included,
-    as the reference implementations do)."""
+    as the reference implementations do). A ``LinearView`` in ``hooks`` stands for its
+    ``input_hook`` read as its matrix's input (``input_of``: a norm's weight and bias
+    applied); a string is the hook's activations as they are."""
+    views = {h.input_hook: h for h in hooks if not isinstance(h, str)}
     stats: dict[str, InputStats] = {}
-    unique = list(dict.fromkeys(hooks))
+    unique = list(dict.fromkeys(h if isinstance(h, str) else h.input_hook for h in hooks))
     for start in range(0, len(tokens), batch_size):
         batch = tokens[start:start + batch_size]
         mask = torch.ones_like(batch) if encoder else None
         for hook, act in adapter.run_hooks(model, batch, unique, attention_mask=mask).items():
+            act = views[hook].input_of(model, act) if hook in views else act
             flat = act.reshape(-1, act[0, 0].numel())
             stats.setdefault(hook, InputStats(flat.shape[1], with_xtx)).update(flat, len(act))
     return stats

@@ -38,6 +38,19 @@ class LinearView:
     """Hook whose activations are the input ``[.., in]``; None for W_E (one-hot tokens)."""
     pattern: str
     """einops pattern from the parameter's layout to ``[out, in]``."""
+    input_norm: str | None = None
+    """The norm module whose ``hook_normalized`` is ``input_hook``, or None. TransformerLens
+    hooks a LayerNorm's or RMSNorm's output *before* its weight and bias (``x / scale``);
+    the matrix reads ``x / scale · w + b``, which ``input_of`` rebuilds."""
+
+    def input_of(self, model: torch.nn.Module, act: Tensor) -> Tensor:
+        """The matrix's actual input, from ``input_hook``'s activations."""
+        if self.input_norm is None:
+            return act
+        norm = model.get_submodule(self.input_norm)
+        w, b = getattr(norm, "w", None), getattr(norm, "b", None)
+        x = act * w.detach() if isinstance(w, Tensor) else act
+        return x + b.detach() if isinstance(b, Tensor) else x
 
     def read(self, model: torch.nn.Module) -> Float[Tensor, "out in"]:
         """A float32 copy of the weight as ``[out, in]``."""
@@ -73,20 +86,27 @@ def linear_views(model: torch.nn.Module, encoder: bool = False) -> list[LinearVi
         else:
             attn_in = f"{b}.ln1.hook_normalized" if f"{b}.ln1.hook_normalized" in hooks else f"{b}.hook_resid_pre"
             mlp_in = f"{b}.ln2.hook_normalized" if f"{b}.ln2.hook_normalized" in hooks else f"{b}.hook_resid_mid"
+        attn_norm, mlp_norm = _norm_of(attn_in), _norm_of(mlp_in)
         params = dict(model.named_parameters())
         for w in ("W_Q", "W_K", "W_V"):
             name = f"{b}.attn.{w}" if f"{b}.attn.{w}" in params else f"{b}.attn._{w}"
-            views.append(LinearView(name, "attn", layer, attn_in, _ATTN_IN))
+            views.append(LinearView(name, "attn", layer, attn_in, _ATTN_IN, attn_norm))
         views.append(LinearView(f"{b}.attn.W_O", "attn", layer, f"{b}.attn.hook_z", _ATTN_OUT))
         if f"{b}.mlp.W_in" in params:
-            views.append(LinearView(f"{b}.mlp.W_in", "mlp", layer, mlp_in, _MATRIX))
+            views.append(LinearView(f"{b}.mlp.W_in", "mlp", layer, mlp_in, _MATRIX, mlp_norm))
             if f"{b}.mlp.W_gate" in params:  # gated MLP (Llama, Qwen2, Mistral): same input
-                views.append(LinearView(f"{b}.mlp.W_gate", "mlp", layer, mlp_in, _MATRIX))
+                views.append(LinearView(f"{b}.mlp.W_gate", "mlp", layer, mlp_in, _MATRIX,
+                                        mlp_norm))
             views.append(LinearView(f"{b}.mlp.W_out", "mlp", layer, f"{b}.mlp.hook_post", _MATRIX))
     if "unembed.W_U" in dict(model.named_parameters()) and not encoder:
         final = "ln_final.hook_normalized" if "ln_final.hook_normalized" in hooks else f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
-        views.append(LinearView("unembed.W_U", "unembed", None, final, _MATRIX))
+        views.append(LinearView("unembed.W_U", "unembed", None, final, _MATRIX, _norm_of(final)))
     return views
+
+
+def _norm_of(hook: str) -> str | None:
+    """``blocks.0.ln1`` for ``blocks.0.ln1.hook_normalized``; None for a residual hook."""
+    return hook.removesuffix(".hook_normalized") if hook.endswith(".hook_normalized") else None
 
 
 @dataclass(frozen=True)
