@@ -23,7 +23,7 @@ def main() -> None:
     import torch
 
     from lensbias.models import adapter, load_model
-    from lensbias.pair import merged_dataset
+    from lensbias.model_pair import merged_dataset
     from lensbias.probes.floors import EMBED_HOOK
     from lensbias.probes.pair import ProbeConfig, ProbePair
     from lensbias.store import ActivationStore, CacheConfig, cache_activations

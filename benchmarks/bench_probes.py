@@ -67,7 +67,7 @@ def sweep(max_chars: int, max_iter: int, C: float) -> None:
     from pathlib import Path
 
     from lensbias.models import load_model
-    from lensbias.pair import merged_dataset
+    from lensbias.model_pair import merged_dataset
     from lensbias.probes.pair import ProbeConfig, _concepts, select_tokens
     from lensbias.store import ActivationStore, CacheConfig, cache_activations
 

@@ -27,7 +27,7 @@ from lensbias.compress import CalibConfig, Recipe
 from lensbias.concepts.jsonl import write_jsonl
 from lensbias.diff import MARKER, DiffConfig, run_diff
 from lensbias.models.tokenizer import BPETokenizer
-from lensbias.pair import merged_dataset, parse_compress_spec
+from lensbias.model_pair import merged_dataset, parse_compress_spec
 from lensbias.store import ActivationStore
 
 ROOT = Path(__file__).resolve().parents[1]

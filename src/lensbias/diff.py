@@ -22,7 +22,7 @@ from lensbias import __version__
 from lensbias.compress import Recipe
 from lensbias.errors import LensbiasError
 from lensbias.concepts.jsonl import USER_DOMAIN
-from lensbias.pair import (cache_pair, check_recipe, check_same_tokenizer, check_writable,
+from lensbias.model_pair import (cache_pair, check_recipe, check_same_tokenizer, check_writable,
                            compress_on_the_fly, merged_dataset, resolve_model)
 from lensbias.store import CacheConfig
 from lensbias.survival import SCHEMA, SurvivalResult

@@ -47,7 +47,7 @@ def cache(model: str | None, dataset: str | None, domain: str, out: Path | None,
       lensbias cache --verify activations/tiny-mixed--ud-ewt.h5
     """
     from lensbias.models import load_model
-    from lensbias.pair import check_writable, load_concepts
+    from lensbias.model_pair import check_writable, load_concepts
     from lensbias.store import CacheConfig, cache_activations, verify
 
     if verify_file is not None:

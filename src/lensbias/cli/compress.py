@@ -77,7 +77,7 @@ def compress(model: str, method: str, calib: str, calib_seqs: int, calib_len: in
     from lensbias.compress.save import save_compressed
     from lensbias.errors import LensbiasError
     from lensbias.models import load_model
-    from lensbias.pair import check_recipe, check_writable, with_default_level
+    from lensbias.model_pair import check_recipe, check_writable, with_default_level
 
     groups = {g.strip() for g in targets.split(",") if g.strip()}
     unknown = groups - {"attn", "mlp", "embed", "unembed"}

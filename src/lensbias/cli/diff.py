@@ -64,7 +64,7 @@ def diff(original: str, compressed: str | None, compress_spec: str | None, calib
     from lensbias.compress import CalibConfig
     from lensbias.diff import DiffConfig, run_diff
     from lensbias.errors import LensbiasError
-    from lensbias.pair import parse_compress_spec
+    from lensbias.model_pair import parse_compress_spec
 
     if compressed and compress_spec:
         raise LensbiasError("give either COMPRESSED or --compress, not both")

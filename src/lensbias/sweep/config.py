@@ -188,7 +188,7 @@ def sweep_config_from_dict(raw: Any, source: str = "sweep config") -> SweepConfi
     """Validate a parsed sweep config (the YAML's top-level mapping)."""
     from lensbias.compress import METHODS
     from lensbias.compress.base import make_method, method_params
-    from lensbias.pair import LEVEL_PARAM
+    from lensbias.model_pair import LEVEL_PARAM
 
     def fail(where: str, what: str) -> LensbiasError:
         return LensbiasError(f"{source}: {where}: {what}")

@@ -41,7 +41,7 @@ def run_pool(todo: list[Cell], config: SweepConfig, out: Path, jobs: int,
     import multiprocessing
     from concurrent.futures import CancelledError, ProcessPoolExecutor, as_completed
 
-    from lensbias.sweep.run import run_cell
+    from lensbias.sweep.cell import run_cell
 
     threads = config.threads or max(1, cpu_cores() // jobs)
     ctx = multiprocessing.get_context("spawn")
@@ -151,7 +151,7 @@ def ray_cell(cell: Cell, config: SweepConfig, threads: int
     """One cell on a Ray worker, in a scratch folder: its rows and its kept files' text."""
     import torch
 
-    from lensbias.sweep.run import run_cell
+    from lensbias.sweep.cell import run_cell
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="lensbias-cell-") as tmp:
