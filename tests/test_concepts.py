@@ -43,7 +43,10 @@ def test_ewt_sentence_hand_checked() -> None:
     morphed = spans_at(example, "Morphed")[0].labels
     assert morphed["upos"] == "VERB" and morphed["Tense"] == "Past"
     assert morphed["deprel"] == "advcl"  # advcl:if has its subtype stripped
-    assert spans_at(example, "?")[0].labels == {"upos": "PUNCT", "deprel": "punct"}
+    assert spans_at(example, "?")[0].labels == {"upos": "PUNCT", "deprel": "punct",
+                                                 "head_direction": "left",  # ? -> Morphed
+                                                 "head_distance": "3-5"}
+    assert (google["head_direction"], google["subj_obj"]) == ("right", "subject")
     assert example.seq_labels == {
         "domain": "prose", "corpus": "ewt", "genre": "weblog", "split": "test",
         "doc": "weblog-blogspot.com_zentelligence_20040423000200_ENG_20040423_000200"}
@@ -357,7 +360,8 @@ def test_code_datasets_are_held_out_and_labelled() -> None:
     assert all(is_held_out(ex.seq_labels["file"]) for ex in python.examples)
     assert is_held_out("string.py") == (int(hashlib.sha256(b"string.py").hexdigest(), 16) % 10 == 0)
     assert len({ex.seq_labels["file"] for ex in python.examples}) >= 100
-    assert python.label_sets == ("identifier_role", "nesting_depth", "token_kind")
+    assert python.label_sets == ("bracket_depth", "identifier_role", "in_call_args",
+                                 "name_seen_before", "nesting_depth", "token_kind")
     c_headers = load_dataset("c-headers")
     assert label_counts(c_headers, "token_kind")["preprocessor"] > 0
     assert {ex.seq_labels["domain"] for ex in c_headers.examples} == {"code"}

@@ -21,7 +21,20 @@ outside the MWT (the first word if none does). The rule is in ``_mwt_spans``.
 
 Token label sets (only where the treebank gives a value): ``upos``; ``deprel`` with the
 subtype dropped (``nmod:poss`` -> ``nmod``); and the features ``Tense``, ``Number``,
-``VerbForm``, ``Person``, ``Mood``.
+``VerbForm``, ``Person``, ``Mood``. Concepts that need context (``word_labels``):
+
+- ``head_direction``: where the word's syntactic head (HEAD) is: ``left`` (head id < word
+  id), ``right`` (head id > word id) or ``root`` (HEAD 0);
+- ``head_distance``: ``|HEAD - id|`` bucketed ``1``, ``2``, ``3-5``, ``6+``, or ``root``;
+- ``subj_obj`` (NOUN, PRON, PROPN words only): ``subject`` when the deprel is a subject
+  (``nsubj``, ``csubj`` and their subtypes such as ``nsubj:pass``), ``object`` when it is
+  ``obj`` or ``iobj``; every other nominal (obl, nmod, conj, compound, root, expl ...) is
+  left unlabelled, so the concept is the subject-vs-object contrast itself;
+- ``entity_type`` and ``infstat`` (GUM only: its ``Entity`` MISC annotation): the entity
+  type (person, place, abstract, ...) and the coarse information status (``new``, ``giv``,
+  ``acc``: the part of ``giv:act``, ``acc:inf`` ... before the colon) of the innermost
+  entity mention that covers the word (``entity_mentions``); words outside every mention
+  are unlabelled.
 
 Sequence labels: ``domain`` ("prose"), ``corpus`` ("ewt" / "gum"), ``genre`` (GUM: the
 ``# meta::genre`` comment, else the file name ``GUM_<genre>_<name>``; EWT: the sent_id
@@ -78,6 +91,17 @@ class Sentence:
     doc_comments: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Mention:
+    """An entity mention of GUM's ``Entity`` annotation: words ``first``..``last`` (ids)."""
+
+    first: int
+    last: int
+    etype: str
+    infstat: str
+    """Coarse information status: ``new``, ``giv``, ``acc`` (or "" if absent)."""
+
+
 def read_sentences(lines: Iterable[str]) -> Iterator[Sentence]:
     """Parse CoNLL-U lines into sentences; document-level comments are carried forward."""
     doc_comments: dict[str, str] = {}
@@ -128,8 +152,10 @@ def _make_sentence(
     return Sentence(dict(comments), tuple(words), tuple(multiword), new_paragraph, dict(doc))
 
 
-def word_labels(word: Word) -> dict[str, str]:
-    """The token label sets of one word (``upos``, coarse ``deprel``, kept features)."""
+def word_labels(word: Word, mention: Mention | None = None) -> dict[str, str]:
+    """The token label sets of one word (``upos``, coarse ``deprel``, kept features, the
+    head and argument concepts; ``entity_type``/``infstat`` of ``mention``, the innermost
+    entity mention covering the word, if any)."""
     labels: dict[str, str] = {}
     if word.upos not in ("", "_"):
         labels["upos"] = word.upos
@@ -140,12 +166,106 @@ def word_labels(word: Word) -> dict[str, str]:
             name, _, value = pair.partition("=")
             if name in FEATURES and value:
                 labels[name] = value
+    labels.update(head_labels(word))
+    role = subj_obj(word)
+    if role:
+        labels["subj_obj"] = role
+    if mention is not None:
+        labels["entity_type"] = mention.etype
+        if mention.infstat:
+            labels["infstat"] = mention.infstat
     return labels
+
+
+def head_labels(word: Word) -> dict[str, str]:
+    """``head_direction`` and ``head_distance`` of a word (empty if HEAD is not an integer)."""
+    if not word.head.isdigit():
+        return {}
+    head = int(word.head)
+    if head == 0:
+        return {"head_direction": "root", "head_distance": "root"}
+    distance = abs(head - word.index)
+    bucket = ("1" if distance == 1 else "2" if distance == 2 else
+              "3-5" if distance <= 5 else "6+")
+    return {"head_direction": "left" if head < word.index else "right",
+            "head_distance": bucket}
+
+
+SUBJECT_RELATIONS = ("nsubj", "csubj")
+OBJECT_RELATIONS = ("obj", "iobj")
+NOMINAL_UPOS = ("NOUN", "PRON", "PROPN")
+
+
+def subj_obj(word: Word) -> str | None:
+    """``subject``/``object`` for a NOUN/PRON/PROPN core argument, else None."""
+    if word.upos not in NOMINAL_UPOS:
+        return None
+    relation = word.deprel.split(":", 1)[0]
+    if relation in SUBJECT_RELATIONS:
+        return "subject"
+    if relation in OBJECT_RELATIONS:
+        return "object"
+    return None
+
+
+def entity_mentions(sentence: Sentence) -> list[Mention]:
+    """The entity mentions of a sentence, from the ``Entity=`` MISC values (CorefUD brackets:
+    ``(3-person-new-...`` opens mention 3, ``3)`` closes it, ``(5-object-giv:act-...)`` is a
+    one-word mention; attributes ``id-etype-infstat-...`` per ``# global.Entity``). A mention
+    still open at the sentence's end is closed at its last word."""
+    mentions: list[Mention] = []
+    open_mentions: list[tuple[str, int, str, str]] = []  # (id, first word, etype, infstat)
+    last_index = 0
+    for word in sentence.words:
+        last_index = word.index
+        value = next((item[len("Entity="):] for item in word.misc.split("|")
+                      if item.startswith("Entity=")), "")
+        at = 0
+        while at < len(value):
+            if value[at] == "(":
+                stop = min([i for i in (value.find("(", at + 1), value.find(")", at + 1))
+                            if i >= 0] or [len(value)])
+                parts = value[at + 1:stop].split("-")
+                etype = parts[1] if len(parts) > 1 else ""
+                infstat = parts[2].split(":", 1)[0] if len(parts) > 2 else ""
+                if stop < len(value) and value[stop] == ")":  # one-word mention
+                    mentions.append(Mention(word.index, word.index, etype, infstat))
+                    stop += 1
+                else:
+                    open_mentions.append((parts[0], word.index, etype, infstat))
+                at = stop
+            else:
+                stop = value.find(")", at)
+                if stop < 0:
+                    break
+                ident = value[at:stop]
+                for position in range(len(open_mentions) - 1, -1, -1):
+                    if open_mentions[position][0] == ident:
+                        _, first, etype, infstat = open_mentions.pop(position)
+                        mentions.append(Mention(first, word.index, etype, infstat))
+                        break
+                at = stop + 1
+    for _, first, etype, infstat in open_mentions:
+        mentions.append(Mention(first, last_index, etype, infstat))
+    return [mention for mention in mentions if mention.etype]
+
+
+def innermost_mentions(sentence: Sentence) -> dict[int, Mention]:
+    """Word id -> the innermost mention covering it: the latest-starting one, then the
+    shortest, then the one listed first."""
+    chosen: dict[int, Mention] = {}
+    for mention in entity_mentions(sentence):
+        for index in range(mention.first, mention.last + 1):
+            best = chosen.get(index)
+            if best is None or (mention.first, best.last) > (best.first, mention.last):
+                chosen[index] = mention
+    return chosen
 
 
 def sentence_spans(sentence: Sentence, text: str) -> tuple[Span, ...]:
     """Character spans of the sentence's words in ``text`` (see the module docstring)."""
     by_index = {word.index: word for word in sentence.words}
+    mentions = innermost_mentions(sentence)
     mwt_by_first = {mwt.first: mwt for mwt in sentence.multiword}
     spans: list[Span] = []
     cursor = 0
@@ -163,10 +283,10 @@ def sentence_spans(sentence: Sentence, text: str) -> tuple[Span, ...]:
         space = "SpaceAfter=No" not in (mwt.misc if mwt else by_index[index].misc).split("|")
         if mwt:
             words = [by_index[i] for i in range(mwt.first, mwt.last + 1) if i in by_index]
-            spans.extend(_mwt_spans(mwt, words, start))
+            spans.extend(_mwt_spans(mwt, words, start, mentions))
             index = mwt.last + 1
         else:
-            spans.append(Span(start, cursor, word_labels(by_index[index])))
+            spans.append(Span(start, cursor, word_labels(by_index[index], mentions.get(index))))
             index += 1
     if text[cursor:].strip():
         raise _mismatch(sentence, f"its '# text' goes on after the last word: "
@@ -199,19 +319,21 @@ def _mismatch(sentence: Sentence, what: str) -> LensbiasError:
                          "forms or SpaceAfter")
 
 
-def _mwt_spans(mwt: MultiwordToken, words: list[Word], start: int) -> list[Span]:
+def _mwt_spans(mwt: MultiwordToken, words: list[Word], start: int,
+               mentions: dict[int, Mention]) -> list[Span]:
     """Split the MWT range by word forms when they spell it; else label it by its head."""
     if words and "".join(word.form for word in words) == mwt.form:
         spans = []
         for word in words:
             if word.form:
-                spans.append(Span(start, start + len(word.form), word_labels(word)))
+                spans.append(Span(start, start + len(word.form),
+                                  word_labels(word, mentions.get(word.index))))
             start += len(word.form)
         return spans
     inside = {str(i) for i in range(mwt.first, mwt.last + 1)}
     heads = [word for word in words if word.head not in inside]
     chosen = heads[0] if heads else (words[0] if words else None)
-    labels = word_labels(chosen) if chosen else {}
+    labels = word_labels(chosen, mentions.get(chosen.index)) if chosen else {}
     return [Span(start, start + len(mwt.form), labels)]
 
 

@@ -20,6 +20,26 @@ Label sets (one span per token; all spans of a file are disjoint):
   token starts on; ``elif``/``else``/``except``/``finally`` headers sit at their statement's
   depth, and a body written on its header's line (``if x: y``) takes the header's depth.
 
+Concepts that need context (a token's text does not decide them):
+
+- ``bracket_depth`` on every span: "0", "1", "2" or "3+", the number of ``(``, ``[``, ``{``
+  opened and not yet closed before the token in the file; an opening bracket takes the depth
+  outside it and its closing bracket the same depth, so a pair shares one label.
+- ``in_call_args`` on spans inside at least one bracket (``bracket_depth`` > 0; tokens
+  outside every bracket are trivially outside and unlabelled): "inside" when the token lies
+  strictly between the parentheses of a call's argument list (``x``, ``,``, ``[`` and ``y``
+  in ``f(x, [y])``: nested brackets and inner calls count), else "outside" (a ``def``'s
+  parameter list, a class's bases, a subscript, a list, dict or tuple outside any call).
+- ``name_seen_before`` on the tokens of Python names: "defined_earlier" when the same
+  identifier is bound earlier in the same example (the chunk the model reads: a binding in
+  another chunk of the file is invisible to it), else "not_defined_earlier". A name is any
+  ``ast.Name`` (load, store or del), a parameter, the name after ``def``/``class``, the name
+  an import binds (``os`` in ``import os.path``, ``c`` in ``from a import b as c``), the
+  name after ``except ... as`` and a ``match`` capture. Bindings are the same minus loads
+  and dels; scope is ignored and textual order decides (the ``x`` left of ``=`` in ``x = x
+  + 1`` is its first binding, the right-hand ``x`` comes after it). Attributes, keyword
+  argument names, module paths of imports and ``global``/``nonlocal`` names are unlabelled.
+
 Chunks: whole lines, at most ``MAX_LINES`` lines and ``MAX_CHARS`` characters, cut preferably
 before a top-level statement, else before any statement, else at any line break that no token
 spans; offsets are relative to the chunk.
@@ -35,6 +55,7 @@ import keyword
 import tokenize
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 from lensbias.concepts.schema import Example, Span
 from lensbias.errors import LensbiasError
@@ -50,6 +71,8 @@ STRING_TOKENS = frozenset(
 SKIPPED_TOKENS = frozenset({tokenize.NEWLINE, tokenize.NL, tokenize.INDENT, tokenize.DEDENT,
                             tokenize.ENDMARKER, tokenize.ERRORTOKEN, tokenize.ENCODING})
 BLOCK_FIELDS = ("body", "orelse", "finalbody", "handlers", "cases")
+OPENING = frozenset("([{")
+CLOSING = frozenset(")]}")
 
 
 @dataclass(frozen=True)
@@ -96,6 +119,11 @@ def label_python(source: str) -> tuple[tuple[Span, ...], dict[int, int]]:
     The priorities map a 1-based line number to 2 (a top-level statement starts there) or 1
     (another statement starts there). Raises LensbiasError if the source does not parse.
     """
+    spans, priorities, _ = _label(source, *_parse(source))
+    return spans, priorities
+
+
+def _parse(source: str) -> tuple[ast.Module, list[tokenize.TokenInfo]]:
     try:
         tree = ast.parse(source)
         tokens = list(tokenize.generate_tokens(io.StringIO(source, newline="\n").readline))
@@ -103,11 +131,131 @@ def label_python(source: str) -> tuple[tuple[Span, ...], dict[int, int]]:
             MemoryError) as problem:
         raise LensbiasError(f"cannot parse Python source ({type(problem).__name__}: "
                             f"{str(problem).splitlines()[0] if str(problem) else ''})") from None
+    return tree, tokens
+
+
+def _label(source: str, tree: ast.Module, tokens: list[tokenize.TokenInfo]
+           ) -> tuple[tuple[Span, ...], dict[int, int], dict[int, tuple[str, bool]]]:
+    """File-level spans, statement-boundary priorities and the name table of
+    ``_name_table`` (offset of a name token -> (identifier, is a binding))."""
     lines = split_lines(source)
+    starts = line_starts(source)
     roles = _Roles.from_tree(tree, lines)
     depths = _line_depths(tree, lines)
-    spans = _token_spans(tokens, line_starts(source), roles, depths, lines)
-    return tuple(spans), _statement_boundaries(tree)
+    in_call = _call_argument_mask(tree, tokens, starts, lines, len(source))
+    spans = _token_spans(tokens, starts, roles, depths, lines, in_call)
+    return tuple(spans), _statement_boundaries(tree), _name_table(tree, tokens, starts, lines)
+
+
+def _offset(starts: list[int], lines: list[str], lineno: int, byte_col: int) -> int:
+    """Character offset in the file of an AST (line, UTF-8 byte column) position."""
+    return starts[lineno - 1] + _char_col(lines, lineno, byte_col)
+
+
+def _token_offsets(tokens: list[tokenize.TokenInfo], starts: list[int]) -> list[int]:
+    return [starts[token.start[0] - 1] + token.start[1] for token in tokens]
+
+
+def _call_argument_mask(tree: ast.Module, tokens: list[tokenize.TokenInfo], starts: list[int],
+                        lines: list[str], size: int) -> list[bool]:
+    """Per character of the file: does it lie strictly inside a call's argument parentheses?
+
+    The opening parenthesis is the first token after the callee that is not a ``)`` closing
+    a parenthesised callee (``(f)(x)``); calls whose parentheses are not real tokens (calls
+    inside an f-string, which tokenize keeps as one string token) are skipped.
+    """
+    offsets = _token_offsets(tokens, starts)
+    closers = {offset for token, offset in zip(tokens, offsets)
+               if token.type == tokenize.OP and token.string == ")"}
+    boundary = [0] * (size + 1)
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or node.end_lineno is None \
+                or node.func.end_lineno is None:
+            continue
+        func_end = _offset(starts, lines, node.func.end_lineno, node.func.end_col_offset or 0)
+        close = _offset(starts, lines, node.end_lineno, node.end_col_offset or 0) - 1
+        at = bisect_left(offsets, func_end)
+        while at < len(tokens) and (tokens[at].string == ")" or tokens[at].type in
+                                    (tokenize.NL, tokenize.COMMENT)):
+            at += 1
+        if at == len(tokens) or tokens[at].string != "(" or not offsets[at] < close < size \
+                or close not in closers:
+            continue
+        boundary[offsets[at] + 1] += 1
+        boundary[close] -= 1
+    return [running > 0 for running in accumulate(boundary[:size])]
+
+
+def _name_table(tree: ast.Module, tokens: list[tokenize.TokenInfo], starts: list[int],
+                lines: list[str]) -> dict[int, tuple[str, bool]]:
+    """Offset of each Python-name token -> (identifier, True if it binds the name)."""
+    offsets = _token_offsets(tokens, starts)
+    names: dict[int, tuple[str, bool]] = {}
+
+    def name_tokens(node: ast.AST) -> list[int]:
+        """Indices of the NAME tokens inside ``node``'s source range."""
+        first = bisect_left(offsets, _offset(starts, lines, node.lineno, node.col_offset))
+        end = _offset(starts, lines, node.end_lineno or node.lineno, node.end_col_offset or 0)
+        found = []
+        for index in range(first, len(tokens)):
+            if offsets[index] >= end:
+                break
+            if tokens[index].type == tokenize.NAME:
+                found.append(index)
+        return found
+
+    def bind(index: int, name: str) -> None:
+        if tokens[index].string == name:
+            names[offsets[index]] = (name, True)
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            offset = _offset(starts, lines, node.lineno, node.col_offset)
+            names[offset] = (node.id, isinstance(node.ctx, ast.Store))
+        elif isinstance(node, ast.arg):
+            names[_offset(starts, lines, node.lineno, node.col_offset)] = (node.arg, True)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                inside = name_tokens(alias) if hasattr(alias, "lineno") else []
+                if not inside or alias.name == "*":
+                    continue
+                if alias.asname:
+                    bind(inside[-1], alias.asname)
+                else:
+                    bind(inside[0], alias.name.split(".", 1)[0])
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            inside = name_tokens(node)
+            for previous, index in zip(inside, inside[1:]):
+                if tokens[previous].string == "as":
+                    bind(index, node.name)
+                    break
+        elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
+            inside = name_tokens(node)
+            if inside:
+                bind(inside[-1], node.name)
+    for previous, token, offset in zip(tokens, tokens[1:], offsets[1:]):
+        if token.type == tokenize.NAME and previous.type == tokenize.NAME \
+                and previous.string in ("def", "class"):
+            names[offset] = (token.string, True)
+    return names
+
+
+def mark_names_seen(chunk: Chunk, begin: int, names: dict[int, tuple[str, bool]]) -> Chunk:
+    """``chunk`` with ``name_seen_before`` on its name tokens (``begin``: the chunk's first
+    character in the file; ``names``: the file's ``_name_table``)."""
+    bound: set[str] = set()
+    spans = []
+    for span in chunk.spans:
+        entry = names.get(begin + span.start)
+        if entry is not None and chunk.text[span.start:span.end] == entry[0] \
+                and span.labels.get("token_kind") in ("identifier", "builtin"):
+            name, binds = entry
+            seen = "defined_earlier" if name in bound else "not_defined_earlier"
+            span = Span(span.start, span.end, {**span.labels, "name_seen_before": seen})
+            if binds:
+                bound.add(name)
+        spans.append(span)
+    return Chunk(chunk.first_line, chunk.text, tuple(spans))
 
 
 def _char_col(lines: list[str], lineno: int, byte_col: int) -> int:
@@ -245,29 +393,46 @@ def _token_spans(
     roles: _Roles,
     depths: list[int],
     lines: list[str],
+    in_call: list[bool],
 ) -> list[Span]:
     spans: list[Span] = []
     indented_lines: set[int] = set()
     previous = None
+    brackets = 0
     for token in tokens:
         if token.type in SKIPPED_TOKENS:
             continue
         (row, column), (end_row, end_column) = token.start, token.end
         depth = depth_bucket(depths[row - 1])
+        start = starts[row - 1] + column
         if row not in indented_lines:
             indented_lines.add(row)
             if column > 0 and not lines[row - 1][:column].strip():
-                spans.append(Span(starts[row - 1], starts[row - 1] + column,
-                                  {"token_kind": "indent", "nesting_depth": depth}))
+                labels = {"token_kind": "indent", "nesting_depth": depth,
+                          "bracket_depth": depth_bucket(brackets)}
+                if brackets:
+                    labels["in_call_args"] = _inside(in_call, starts[row - 1])
+                spans.append(Span(starts[row - 1], start, labels))
+        if token.type == tokenize.OP and token.string in CLOSING:
+            brackets = max(0, brackets - 1)
         labels = {"token_kind": _token_kind(token), "nesting_depth": depth}
         if labels["token_kind"] == "identifier":
             role = roles.role(token, previous)
             labels["identifier_role"] = role
             if token.string in BUILTIN_NAMES and role not in NOT_BUILTIN_ROLES:
                 labels["token_kind"] = "builtin"
-        spans.append(Span(starts[row - 1] + column, starts[end_row - 1] + end_column, labels))
+        labels["bracket_depth"] = depth_bucket(brackets)
+        if brackets:  # outside every bracket a token is trivially outside: unlabelled
+            labels["in_call_args"] = _inside(in_call, start)
+        if token.type == tokenize.OP and token.string in OPENING:
+            brackets += 1
+        spans.append(Span(start, starts[end_row - 1] + end_column, labels))
         previous = token
     return spans
+
+
+def _inside(in_call: list[bool], offset: int) -> str:
+    return "inside" if offset < len(in_call) and in_call[offset] else "outside"
 
 
 def _token_kind(token: tokenize.TokenInfo) -> str:
@@ -355,5 +520,8 @@ def chunk_examples(chunks: Sequence[Chunk], file: str, language: str) -> list[Ex
 def python_examples(source: str, file: str) -> list[Example]:
     """Label a Python file and cut it into examples; LensbiasError if it does not parse."""
     source = normalise_newlines(source)
-    spans, priorities = label_python(source)
-    return chunk_examples(split_chunks(source, spans, priorities), file, "python")
+    spans, priorities, names = _label(source, *_parse(source))
+    starts = line_starts(source)
+    chunks = [mark_names_seen(chunk, starts[chunk.first_line - 1], names)
+              for chunk in split_chunks(source, spans, priorities)]
+    return chunk_examples(chunks, file, "python")

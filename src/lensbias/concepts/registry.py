@@ -36,21 +36,24 @@ BUILTIN: tuple[BuiltinDataset, ...] = (
     BuiltinDataset(
         "ud-ewt", "ud-ewt.jsonl.gz",
         "UD English Web Treebank v2.15, dev+test sentences (weblog, newsgroup, email, reviews, "
-        "answers); upos, deprel, Tense/Number/VerbForm/Person/Mood",
+        "answers); upos, deprel, Tense/Number/VerbForm/Person/Mood; contextual: head_direction, "
+        "head_distance, subj_obj",
         ("dev", "test"),
         "UD English EWT v2.15 (Silveira et al. 2014), CC BY-SA 4.0",
     ),
     BuiltinDataset(
         "ud-gum", "ud-gum.jsonl.gz",
         "UD English GUM, dev+test documents (15 genres; train is the models' prose training "
-        "data and is not packaged); upos, deprel, Tense/Number/VerbForm/Person/Mood",
+        "data and is not packaged); upos, deprel, Tense/Number/VerbForm/Person/Mood; "
+        "contextual: head_direction, head_distance, subj_obj, entity_type, infstat",
         ("dev", "test"),
         "UD English GUM (Zeldes 2017), CC BY-NC-SA 4.0, research use",
     ),
     BuiltinDataset(
         "python-stdlib", "python-stdlib.jsonl.gz",
         "Python standard library chunks from held-out files only; token_kind, "
-        "identifier_role, nesting_depth",
+        "identifier_role, nesting_depth; contextual: bracket_depth, in_call_args, "
+        "name_seen_before",
         (),
         "CPython standard library, PSF License",
     ),
