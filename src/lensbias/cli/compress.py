@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from lensbias.cli.device import device_option
 from lensbias.cli.threads import threads_option
 
 # CLI option name -> method parameter name
@@ -55,10 +56,11 @@ def _layers(value: str | None) -> tuple[int, int] | None:
 @click.option("--force", is_flag=True, help="Overwrite an existing output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON.")
 @click.option("--no-eval", is_flag=True, help="Skip bits-per-byte evaluation.")
+@device_option("Torch device the model is loaded on and compressed on: cpu, cuda or cuda:N.")
 @threads_option
 def compress(model: str, method: str, calib: str, calib_seqs: int, calib_len: int, seed: int,
              targets: str, layers: str | None, out: Path, force: bool, as_json: bool,
-             no_eval: bool, **options: object) -> None:
+             no_eval: bool, device: str, **options: object) -> None:
     """Compress MODEL with one method and save it, with its recipe, to --out.
 
     Methods: magnitude, magnitude-global, magnitude-neurons, magnitude-heads (--sparsity);
@@ -92,7 +94,7 @@ def compress(model: str, method: str, calib: str, calib_seqs: int, calib_len: in
                     CalibConfig(calib, calib_seqs, calib_len, seed))
     check_recipe(recipe)  # options and calibration data: before the model loads
     check_writable(out.parent)
-    lm = load_model(model)
+    lm = load_model(model, device=device)
     result = run(lm, recipe)
     measured = measure(lm, result, with_bpb=not no_eval)
     save_compressed(result, out, measured, force=force)

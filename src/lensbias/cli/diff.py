@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from lensbias.cli.device import device_option
 from lensbias.cli.threads import threads_option
 
 STAGES = ("compress", "cache", "probes", "sae", "geometry", "behaviour", "report")
@@ -40,12 +41,14 @@ STAGES = ("compress", "cache", "probes", "sae", "geometry", "behaviour", "report
 @click.option("--force", is_flag=True, help="Write into an existing non-report folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@device_option("Torch device for every stage: cpu, cuda or cuda:N.")
 @threads_option
 def diff(original: str, compressed: str | None, compress_spec: str | None, calib: str,
          datasets: tuple[str, ...], domain: str, max_examples: int | None, max_chars: int,
          concepts: tuple[str, ...],
          hooks: tuple[str, ...], sae: bool, sae_hook: str | None, sae_expansion: int,
-         sae_k: int, seed: int, out: Path, force: bool, as_json: bool, quiet: bool) -> None:
+         sae_k: int, seed: int, out: Path, force: bool, as_json: bool, quiet: bool,
+         device: str) -> None:
     """Compare ORIGINAL with COMPRESSED (names or folders) and write a survival report.
 
     With no COMPRESSED, ORIGINAL is compressed on the fly (--compress, default wanda:0.5
@@ -74,7 +77,8 @@ def diff(original: str, compressed: str | None, compress_spec: str | None, calib
     config = DiffConfig(datasets=datasets or DiffConfig.datasets, max_examples=max_examples,
                         max_chars=max_chars,
                         concepts=concepts or None, hooks=hooks or None, sae=sae,
-                        sae_hook=sae_hook, sae_expansion=sae_expansion, sae_k=sae_k, seed=seed)
+                        sae_hook=sae_hook, sae_expansion=sae_expansion, sae_k=sae_k, seed=seed,
+                        device=device)
     bars: list = []  # made at the first stage, so a refused run prints only its error
 
     def stage(name: str) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from lensbias.cli.device import device_option
 from lensbias.cli.threads import threads_option
 
 
@@ -16,8 +17,10 @@ from lensbias.cli.threads import threads_option
 @click.option("--max-tokens", type=click.IntRange(min=100), default=20000, show_default=True,
               help="Labelled tokens used per probe.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@device_option("Torch device the probes are fitted on: cpu, cuda or cuda:N.")
 @threads_option
-def summary(cache_file: Path, concepts: tuple[str, ...], max_tokens: int, seed: int) -> None:
+def summary(cache_file: Path, concepts: tuple[str, ...], max_tokens: int, seed: int,
+            device: str) -> None:
     """Probe every cached hook for each concept and print held-out accuracy.
 
     Train/test split by example; `majority` is the most-frequent-class rate. The probe is
