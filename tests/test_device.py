@@ -45,7 +45,10 @@ def test_diff_on_cpu_records_the_device(setup):
     assert main(_diff_args(model, data, out, "cpu")) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["provenance"]["config"]["device"] == "cpu"
+    assert summary["probes"]["config"]["device"] == "cpu"  # diff -> ProbeConfig
     assert summary["probes"]["rows"]
+    (sae_info,) = (out / "artefacts").glob("sae-*/a/lensbias.json")
+    assert json.loads(sae_info.read_text())["config"]["device"] == "cpu"  # diff -> SAEConfig
 
 
 @pytest.mark.parametrize("device, message", BAD)
@@ -111,3 +114,71 @@ def test_cuda_refused_in_a_real_process(setup, tmp_path):
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and "sees no CUDA device" in done.stderr
     assert not out.exists()
+
+
+# --- probes and SAEs on the device -----------------------------------------------------
+
+def _data(k, d=24, n=500, seed=0):
+    rng = np.random.default_rng(seed)
+    X = (rng.normal(size=(n, d)) * rng.uniform(0.1, 5, d) + rng.normal(size=d)).astype(np.float32)
+    y = rng.integers(0, k, n)
+    X[np.arange(n), y % d] += 1.5
+    return X, y
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_probe_on_cpu_gives_the_numbers_of_before(k):
+    """device='cpu' runs the same solver on the same standardised features as before
+    devices existed: numpy's (X - mean) / scale fed to _lbfgs, bit for bit."""
+    from lensbias.probes.fast import LinearProbe, _lbfgs
+
+    X, y = _data(k)
+    default = LinearProbe(C=0.5, max_iter=200).fit(X, y)
+    probe = LinearProbe(C=0.5, max_iter=200, device="cpu").fit(X[:, :], y)
+    assert probe.get_params()["device"] == "cpu"
+    mean = X.mean(axis=0)
+    scale = X.std(axis=0).astype(np.float32)
+    _, target = np.unique(y, return_inverse=True)
+    weight, bias, n_iter = _lbfgs(torch.from_numpy((X - mean) / scale),
+                                  torch.from_numpy(target.astype(np.int64)), k,
+                                  1.0 / (0.5 * len(y)), 200, 1e-4)
+    for fitted in (default, probe):
+        assert fitted.n_iter_ == n_iter
+        assert np.array_equal(fitted.coef_std_, weight)
+        assert np.array_equal(fitted.intercept_std_, bias)
+        assert isinstance(fitted.coef_, np.ndarray) and fitted.coef_.dtype == np.float32
+    assert np.array_equal(default.coef_, probe.coef_)
+    assert np.array_equal(default.intercept_, probe.intercept_)
+    assert probe.score(X, y) > 1.2 / k  # above chance: it learned something
+
+
+@pytest.mark.parametrize("device, message", BAD)
+def test_probe_bad_device_is_a_clear_error(device, message):
+    from lensbias.errors import LensbiasError
+    from lensbias.probes.fast import LinearProbe
+
+    X, y = _data(2)
+    with pytest.raises(LensbiasError, match=message):
+        LinearProbe(device=device).fit(X, y)
+    with pytest.raises(LensbiasError, match=message):
+        LinearProbe().set_params(device=device).fit(X, y)
+
+
+def test_probe_config_device_reaches_every_probe():
+    from lensbias.probes.pair import ProbeConfig, _probe
+
+    assert ProbeConfig().device == "cpu"
+    assert _probe(ProbeConfig(), 1.0).device == "cpu"
+    assert _probe(ProbeConfig(device="cuda:3"), 0.1).device == "cuda:3"  # fit checks it
+
+
+@pytest.mark.parametrize("device, message", BAD)
+def test_sae_bad_device_is_a_clear_error(cache_file, device, message):
+    from lensbias.errors import LensbiasError
+    from lensbias.saes import SAEConfig, train_sae
+    from lensbias.store import ActivationStore
+
+    with ActivationStore(cache_file) as store:
+        with pytest.raises(LensbiasError, match=message):
+            train_sae(store, store.hooks[0], SAEConfig(device=device, training_tokens=256,
+                                                       batch_size=64))

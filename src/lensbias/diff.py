@@ -65,8 +65,9 @@ class DiffConfig:
     probe_ceiling: bool = True
     """Half-split probes for the direction-cosine ceiling (``ProbeConfig.ceiling``)."""
     device: str = "cpu"
-    """Torch device for the models (compression, caching, behaviour); probes, geometry and
-    bootstraps run on the CPU from the cached activations."""
+    """Torch device for the models (compression, caching, behaviour), the probes
+    (``ProbeConfig.device``) and the SAEs (``SAEConfig.device``); geometry, the alignment
+    maps and bootstraps still run on the CPU in numpy from the cached activations."""
 
 
 def check_out(out: Path, force: bool) -> None:
@@ -254,7 +255,8 @@ def _probes(store_a: Any, store_b: Any, config: DiffConfig) -> dict[str, Any]:
     from lensbias.probes.pair import ProbeConfig, ProbePair
 
     cfg = ProbeConfig(concepts=config.concepts, seed=config.seed, n_bootstrap=config.n_bootstrap,
-                      control=config.probe_control, ceiling=config.probe_ceiling)
+                      control=config.probe_control, ceiling=config.probe_ceiling,
+                      device=config.device)
     return ProbePair(cfg).fit(store_a, store_b).to_dict()
 
 
@@ -269,7 +271,8 @@ def _sae(store_a: Any, store_b: Any, hook: str, config: DiffConfig, out: Path) -
 
     cfg = SAEConfig(expansion_factor=config.sae_expansion, k=config.sae_k,
                     training_tokens=config.sae_tokens, seed=config.seed, lr=3e-3,
-                    batch_size=min(1024, max(256, store_a.n_tokens // 8)))
+                    batch_size=min(1024, max(256, store_a.n_tokens // 8)),
+                    device=config.device)
     folder = out / "artefacts" / f"sae-{hook}"
     shutil.rmtree(folder, ignore_errors=True)
     sae = train_sae(store_a, hook, cfg, out_dir=folder / "a")

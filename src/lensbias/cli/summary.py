@@ -58,8 +58,8 @@ def summary(cache_file: Path, concepts: tuple[str, ...], max_tokens: int, seed: 
             cells = []
             for hook in store.hooks:
                 acts = store.activations(hook, rows)
-                probe = LinearProbe(C=C, max_iter=cfg.max_iter,
-                                    random_state=seed).fit(acts[~test], y[~test])
+                probe = LinearProbe(C=C, max_iter=cfg.max_iter, random_state=seed,
+                                    device=device).fit(acts[~test], y[~test])
                 cells.append(f"{probe.score(acts[test], y[test]):>26.3f}")
             click.echo(f"{concept:<18} {len(values):>7} " + " ".join(cells)
                        + f" {majority:>9.3f}")

@@ -10,6 +10,12 @@ Spaces: the solver works on standardised features ``(X - mean_) / scale_`` (``co
 ``intercept_std_``); ``coef_`` and ``intercept_`` are the same read-out expressed in the raw
 activation space (``X @ coef_.T + intercept_`` gives the logits), and that raw space is
 where lensbias compares directions.
+
+Device: ``device`` (default ``cpu``) is where the solver runs: the standardised features,
+the preconditioner (covariance in float32, eigendecomposition in float64) and L-BFGS are
+torch tensors on that device, and the fitted arrays come back as numpy. The mean and
+scale are computed in numpy float32 on the host (one pass, O(n·d)), so a CPU fit is
+bit-identical to the one before devices existed; CPU and CUDA run the same code.
 """
 
 from __future__ import annotations
@@ -27,19 +33,21 @@ class LinearProbe:
     ``C`` is sklearn's inverse penalty strength; ``max_iter`` caps L-BFGS iterations and
     ``tol`` is the largest gradient entry at which it stops. The solver is deterministic
     (zero start, full batch), so ``random_state`` is only stored, for drop-in use where
-    sklearn estimators are expected.
+    sklearn estimators are expected. ``device`` is the torch device the solver runs on
+    (``cpu``, ``cuda``, ``cuda:N``); it is checked when ``fit`` starts.
     """
 
     def __init__(self, C: float = 1.0, max_iter: int = 100, tol: float = 1e-4,
-                 random_state: int | None = 0):
+                 random_state: int | None = 0, device: str = "cpu"):
         self.C = C
         self.max_iter = max_iter
         self.tol = tol
         self.random_state = random_state
+        self.device = device
 
     def get_params(self, deep: bool = True) -> dict[str, object]:
         return {"C": self.C, "max_iter": self.max_iter, "tol": self.tol,
-                "random_state": self.random_state}
+                "random_state": self.random_state, "device": self.device}
 
     def set_params(self, **params: object) -> LinearProbe:
         for key, value in params.items():
@@ -58,6 +66,9 @@ class LinearProbe:
                                 f"y {y.shape}")
         if self.C <= 0:
             raise LensbiasError(f"LinearProbe C is {self.C}; it must be > 0")
+        from lensbias.models.adapter import check_device
+
+        device = check_device(str(self.device))
         self.classes_, target = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise LensbiasError(f"LinearProbe.fit needs at least two classes; y holds only "
@@ -67,8 +78,11 @@ class LinearProbe:
         scale = X.std(axis=0)
         self.scale_ = np.where(scale > 1e-6 * max(float(scale.max()), 1e-30), scale, 1.0
                                ).astype(np.float32)
-        Z = torch.from_numpy((X - self.mean_) / self.scale_)
-        weight, bias, self.n_iter_ = _lbfgs(Z, torch.from_numpy(target.astype(np.int64)),
+        rows = torch.from_numpy(np.require(X, requirements=["C", "W"])).to(device)
+        Z = (rows - torch.from_numpy(self.mean_).to(device)) \
+            / torch.from_numpy(self.scale_).to(device)
+        weight, bias, self.n_iter_ = _lbfgs(Z, torch.from_numpy(target.astype(np.int64)
+                                                                ).to(device),
                                             len(self.classes_), 1.0 / (self.C * len(y)),
                                             self.max_iter, self.tol)
         self.coef_std_ = weight
@@ -104,7 +118,8 @@ class LinearProbe:
 
 def _lbfgs(Z: torch.Tensor, target: torch.Tensor, n_classes: int, l2: float, max_iter: int,
            tol: float) -> tuple[np.ndarray, np.ndarray, int]:
-    """Minimise mean cross-entropy + l2/2·||W||² from zero; returns (W, b, iterations)."""
+    """Minimise mean cross-entropy + l2/2·||W||² from zero on ``Z``'s device; returns
+    (W, b, iterations) with W and b as numpy arrays."""
     n_out = 1 if n_classes == 2 else n_classes
     # Precondition: W = V·P with P ≈ (Σ/4 + l2·I)^(-1/2), the inverse square root of the
     # objective's curvature at zero. Same objective and optimum, far fewer iterations.
@@ -112,8 +127,8 @@ def _lbfgs(Z: torch.Tensor, target: torch.Tensor, n_classes: int, l2: float, max
     eigval, eigvec = torch.linalg.eigh(cov)
     precond = (eigvec / torch.sqrt(eigval.clamp(min=0) / 4 + l2)).T.to(Z.dtype)  # [d, d]
     Zp = Z @ precond.T
-    weight = torch.zeros(n_out, Z.shape[1], requires_grad=True)
-    bias = torch.zeros(n_out, requires_grad=True)
+    weight = torch.zeros(n_out, Z.shape[1], device=Z.device, requires_grad=True)
+    bias = torch.zeros(n_out, device=Z.device, requires_grad=True)
     binary_target = target.to(Z.dtype)[:, None] if n_out == 1 else None
     optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter,
                                   tolerance_grad=tol, tolerance_change=1e-9,
@@ -132,5 +147,6 @@ def _lbfgs(Z: torch.Tensor, target: torch.Tensor, n_classes: int, l2: float, max
 
     optimizer.step(closure)
     state = optimizer.state[optimizer._params[0]]
-    return ((weight.detach() @ precond).numpy().copy(), bias.detach().numpy().copy(),
+    return ((weight.detach() @ precond).cpu().numpy().copy(),
+            bias.detach().cpu().numpy().copy(),
             int(state.get("n_iter", 0)))

@@ -104,6 +104,8 @@ class ProbeConfig:
     """Rows with fewer test tokens are flagged ``underpowered`` and left out of aggregates."""
     test_fraction: float = 0.25
     """Share of documents held out for testing."""
+    device: str = "cpu"
+    """Torch device every probe is fitted on (``LinearProbe.device``); results are numpy."""
 
     def __post_init__(self) -> None:
         if self.align not in ALIGN_CHOICES:
@@ -468,7 +470,7 @@ def layer_of(hook: str) -> int | None:
 
 
 def _probe(cfg: ProbeConfig, C: float) -> LinearProbe:
-    return LinearProbe(C=C, max_iter=cfg.max_iter, random_state=cfg.seed)
+    return LinearProbe(C=C, max_iter=cfg.max_iter, random_state=cfg.seed, device=cfg.device)
 
 
 def _cap(rows: np.ndarray, groups: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:

@@ -64,7 +64,8 @@ class SAEConfig:
     seed: int = 0
     """Seeds the SAE's initialisation and the order rows are read in."""
     device: str = "cpu"
-    """Torch device of the SAE (rows are read on the CPU and moved per batch)."""
+    """Torch device the SAE is built and trained on (sae-lens' ``device``; rows are read on
+    the CPU and moved per batch); checked when ``train_sae`` starts."""
     normalize_activations: str = "expected_average_only_in"
     """'expected_average_only_in' (sae-lens scales inputs to mean norm √d_in during
     training and folds the factor into the weights afterwards, so the saved SAE takes raw
@@ -353,6 +354,9 @@ def train_sae(store: ActivationStore, hook: str, config: SAEConfig = SAEConfig()
     inference files (``save_inference_model``) and ``lensbias.json``: the config, the
     hook, the store's fingerprint, training speed and held-out quality (``sae_quality``).
     """
+    from lensbias.models.adapter import check_device
+
+    check_device(config.device)  # an unknown device or CUDA without one: before any work
     _import_sae_lens()
     from sae_lens.training.sae_trainer import SAETrainer
 
