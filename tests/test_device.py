@@ -182,3 +182,19 @@ def test_sae_bad_device_is_a_clear_error(cache_file, device, message):
         with pytest.raises(LensbiasError, match=message):
             train_sae(store, store.hooks[0], SAEConfig(device=device, training_tokens=256,
                                                        batch_size=64))
+
+
+@pytest.mark.skipif(__import__("shutil").which("nvidia-smi") is not None,
+                    reason="this machine has nvidia-smi: gpu.sh would run for real")
+def test_gpu_script_refuses_a_machine_without_cuda(tmp_path):
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu.sh"
+    assert os.access(script, os.X_OK)
+    out = tmp_path / "gpu"
+    env = {**os.environ, "LENSBIAS_GPU_OUT": str(out), "LENSBIAS_GPU_VENV": str(tmp_path / "v")}
+    done = subprocess.run([str(script)], capture_output=True, text=True, env=env, timeout=30)
+    assert done.returncode == 3
+    assert done.stdout == "" and done.stderr.count("\n") == 1
+    assert "no CUDA GPU" in done.stderr
+    assert not out.exists() and not (tmp_path / "v").exists()  # nothing made
