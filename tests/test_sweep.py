@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-import lensbias.sweep.run as sweep_run
+import lensbias.sweep.cell as sweep_cell
 from conftest import CORPUS, model_folder
 from lensbias.concepts.jsonl import write_jsonl
 from lensbias.concepts.schema import ConceptDataset, Example, Span
@@ -204,7 +204,7 @@ def test_rerun_skips_finished_cells(first, setup, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("run_diff called for a finished cell")
 
-    monkeypatch.setattr(sweep_run, "run_diff", boom)
+    monkeypatch.setattr(sweep_cell, "run_diff", boom)
     run_sweep(cfg, out, jobs=1, progress=False)
     assert (out / "results.jsonl").stat().st_mtime_ns == stamp
     assert read_results(out, cfg) == rows
@@ -213,7 +213,7 @@ def test_rerun_skips_finished_cells(first, setup, monkeypatch):
 def test_crash_mid_cell_then_resume(first, setup, monkeypatch):
     root, _, cfg = setup
     out = root / "crash"
-    real = sweep_run.run_diff
+    real = sweep_cell.run_diff
     calls = []
 
     def flaky(*a, **k):
@@ -222,7 +222,7 @@ def test_crash_mid_cell_then_resume(first, setup, monkeypatch):
             raise RuntimeError("killed")
         return real(*a, **k)
 
-    monkeypatch.setattr(sweep_run, "run_diff", flaky)
+    monkeypatch.setattr(sweep_cell, "run_diff", flaky)
     with pytest.raises(RuntimeError, match="killed"):
         run_sweep(cfg, out, jobs=1, progress=False)
     grid = cells(cfg)
@@ -232,7 +232,7 @@ def test_crash_mid_cell_then_resume(first, setup, monkeypatch):
         f.write(json.dumps({"cell_id": grid[1].id, "_attempt": "x", "survival": 0.1}) + "\n")
         f.write('{"cell_id": "' + grid[1].id + '", "surv')
     assert {r["cell_id"] for r in read_results(out, cfg)} == {grid[0].id}
-    monkeypatch.setattr(sweep_run, "run_diff", real)
+    monkeypatch.setattr(sweep_cell, "run_diff", real)
     run_sweep(cfg, out, jobs=1, progress=False)
     assert strip(read_results(out, cfg)) == strip(first[1])
 
