@@ -76,14 +76,19 @@ def test_report_renders_and_filters_in_chromium(report, tmp_path):
 
 
 def test_sweep_report_renders_sorts_and_filters_in_chromium(tmp_path):
-    from test_sweep import hostile_rows
+    from test_sweep import EVIL, hostile_rows, sae_summary
 
     from lensbias.report.sweep import render_sweep_html
     from lensbias.sweep import analyse
+    from lensbias.sweep.analysis import feature_overlap
 
     rows = hostile_rows()
+    summaries = {r["cell_id"]: sae_summary({0, 1, 2} if r["calib"] == "code" else {1, 2},
+                                           list(range(10))) for r in rows}
     path = tmp_path / "sweep-report.html"
-    path.write_text(render_sweep_html(rows, analyse(rows, n_boot=50)), encoding="utf-8")
+    path.write_text(render_sweep_html(rows, analyse(rows, n_boot=50),
+                                      overlap=feature_overlap(rows, summaries)),
+                    encoding="utf-8")
     with open_page(path) as (page, errors):
         assert "interaction" in page.locator("#headline").inner_text()
         assert page.locator("#interaction-table tbody tr").count() == 1
@@ -93,6 +98,11 @@ def test_sweep_report_renders_sorts_and_filters_in_chromium(tmp_path):
         assert page.locator("#model-table tbody tr").count() == 2
         # hostile model names arrive as text, not markup
         assert "<script>alert(1)</script>" in page.locator("#model-table tbody tr").first.inner_text()
+        # the feature-overlap panel: seed 0's two cells share one SAE of A; {1,2} of {0,1,2}
+        assert page.locator("#overlap table.overlap").count() == 2
+        assert page.locator("#overlap table.overlap tbody tr").first.inner_text().split() == [
+            "1", "1.00", "0.67"]
+        assert EVIL in page.locator("#overlap h3").first.inner_text()
         cells = page.locator("#cell-table tbody tr")
         assert cells.count() == 4
         page.fill("#cell-filter", "prose-1")

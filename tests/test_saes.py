@@ -454,3 +454,7 @@ def test_damage_overlap_of_known_sets():
     assert out["spearman"][0][1] == pytest.approx(1.0) and out["jaccard"][0][0] == 1.0
     with pytest.raises(LensbiasError, match="same SAE"):
         damage_overlap({"rtn": a, "other": report({0}, scores, sha="y")})
+    withheld = {"summary": {"sae_a_sha256": "x"}, "features": [  # a failed quality gate
+        {"index": i, "verdict": "withheld", "pearson_r": 0.5} for i in range(3)]}
+    none = damage_overlap({"rtn": withheld, "wanda": withheld})
+    assert none["n_features"] == 0 and none["jaccard"] == [[None, None], [None, None]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 import lensbias.sweep.cell as sweep_cell
@@ -539,3 +540,125 @@ def test_study_quick_runs_end_to_end(tmp_path):
         "magnitude", "magnitude@attn", "magnitude@mlp"}
     assert main(["sweep-report", str(out)]) == 0
     assert "id='interaction'" in (out / "sweep-report.html").read_text()
+
+
+# --- SAE feature overlap across the cells of a sweep -----------------------------------------
+
+def sae_summary(damaged: set[int], ranks: list[int], sha: str = "sae-x",
+                hook: str = "blocks.1.hook_resid_post") -> dict:
+    """A cell's summary.json with one SAE report (the fields ``damage_overlap`` reads):
+    features 0..9, 'dead' when in ``damaged``, damage score (1 − r) ordered by ``ranks``;
+    feature 10 is unstable and must never count."""
+    feats = [{"index": i, "verdict": "dead" if i in damaged else "survived",
+              "pearson_r": 1 - rank / 10, "stable": True} for i, rank in enumerate(ranks)]
+    feats.append({"index": 10, "verdict": "dead", "pearson_r": 0.0, "stable": False})
+    return {"saes": {hook: {"summary": {"sae_a_sha256": sha, "gate": {"passed": True}},
+                            "features": feats}}}
+
+
+def overlap_cells() -> tuple[list[dict], dict[str, dict | None]]:
+    """Seed 0: A, B, C share SAE x; D, E share SAE y (their summaries name another SAE of
+    A); M has no summary, N no SAE report; seed 1: one more cell (not shown)."""
+    base = list(range(10))
+    swapped = [1, 0, 3, 2, 5, 4, 7, 6, 9, 8]  # each rank one step off: Σd² = 10
+    summaries = {"A": sae_summary({0, 1, 2, 3}, base),
+                 "B": sae_summary({2, 3, 4}, swapped),
+                 "C": sae_summary({0, 1, 2, 3}, [2 * r for r in base]),  # same ranking
+                 "D": sae_summary({9}, base, sha="sae-y"),
+                 "E": sae_summary({8, 9}, base[::-1], sha="sae-y"),
+                 "M": None, "N": {"saes": {}},
+                 "S1": sae_summary({0}, base)}
+    spec = [("A", "gptq", 4, "code", 0), ("M", "gptq", 4, "prose", 0),
+            ("B", EVIL, 0.5, "code", 0), ("N", "wanda", 0.7, "code", 0),
+            ("C", "wanda", 0.5, EVIL, 0), ("D", "magnitude", 0.3, "code", 0),
+            ("E", "magnitude", 0.6, "code", 0), ("S1", "gptq", 4, "code", 1)]
+    rows = [{"cell_id": cid, "cell_index": i, "model": "m", "method": method,
+             "param": "level", "level": level, "calib": calib, "seed": seed,
+             "targets": "attn+mlp", "concept": "c1", "concept_domain": "code", "survival": 0.5}
+            for i, (cid, method, level, calib, seed) in enumerate(spec)]
+    return rows, summaries
+
+
+def test_feature_overlap_matrices_of_known_sets():
+    from lensbias.sweep.analysis import feature_overlap
+
+    rows, summaries = overlap_cells()
+    out = feature_overlap(rows, summaries)
+    assert out["missing"] == ["M"] and out["no_sae"] == ["N"] and out["not_shown"] == 1
+    assert out["n_cells"] == 8 and out["alone"] == []
+    x, y = out["groups"]  # SAE x and SAE y: never one matrix
+    assert (x["sae_a_sha256"], x["cells"]) == ("sae-x", ["A", "B", "C"])
+    assert (y["sae_a_sha256"], y["cells"]) == ("sae-y", ["D", "E"])
+    assert x["labels"] == ["gptq:4 code", f"{EVIL}:0.5 code", f"wanda:0.5 {EVIL}"]
+    assert x["n_features"] == 10 and x["damaged"] == [4, 3, 4]  # unstable feature 10 left out
+    jac, rho = np.asarray(x["jaccard"], dtype=float), np.asarray(x["spearman"], dtype=float)
+    # A ∩ B = {2, 3}, A ∪ B = {0..4}; A = C
+    np.testing.assert_allclose(jac, [[1, 2 / 5, 1], [2 / 5, 1, 2 / 5], [1, 2 / 5, 1]])
+    r_ab = 1 - 6 * 10 / (10 * (10 ** 2 - 1))  # Spearman from Σd² of the swapped ranks
+    np.testing.assert_allclose(rho, [[1, r_ab, 1], [r_ab, 1, r_ab], [1, r_ab, 1]])
+    # D = {9}, E = {8, 9}; E's ranking is D's reversed
+    np.testing.assert_allclose(np.asarray(y["jaccard"], dtype=float), [[1, 0.5], [0.5, 1]])
+    assert y["spearman"][0][1] == pytest.approx(-1.0)
+    # the rule: the first max_cells cells with a report, in grid order
+    two = feature_overlap(rows, summaries, max_cells=2)
+    assert [g["cells"] for g in two["groups"]] == [["A", "B"]] and two["not_shown"] == 5
+    # a digest held by one shown cell only is listed, not compared
+    rows_c = [r for r in rows if r["cell_id"] not in ("E",)]
+    lone = feature_overlap(rows_c, summaries)
+    assert [a["cell_id"] for a in lone["alone"]] == ["D"] and len(lone["groups"]) == 1
+    # same model, another seed: the lowest seed with reports is the one shown
+    only_s1 = feature_overlap([r for r in rows if r["seed"] == 1] + rows[:1],
+                              {**summaries, "A": None})
+    assert only_s1["missing"] == ["A"] and only_s1["alone"][0]["cell_id"] == "S1"
+
+
+def test_sweep_report_overlap_panel_is_escaped():
+    from lensbias.report.sweep import render_sweep_html
+    from lensbias.sweep.analysis import feature_overlap
+
+    rows, summaries = overlap_cells()
+    html = render_sweep_html(rows, analyse(rows, n_boot=10),
+                             overlap=feature_overlap(rows, summaries))
+    panel = html[html.index("<section id='overlap'>"):]
+    panel = panel[:panel.index("</section>")]
+    assert "Which features do different compressions damage?" in panel
+    assert "<script>alert" not in html and "<img src=x" not in html
+    assert html.count("<script>") == 1
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&quot;&gt;&lt;img src=x" in panel
+    assert "wanda:0.5 &lt;script&gt;" in panel and "gptq:4 code" in panel
+    assert panel.count("<table class='overlap'") == 4  # Jaccard and ρ for SAE x and SAE y
+    assert ">0.40<" in panel and ">0.94<" in panel and ">-1.00<" in panel
+    assert "Skipped: 1 cell with no summary.json" in panel
+    assert "1 cell whose summary has no SAE" in panel
+    # without summaries (the committed study), the panel says so
+    bare = render_sweep_html(rows, analyse(rows, n_boot=10))
+    assert "Skipped: 8 cells with no summary.json" in bare
+    assert "no overlap to show" in bare
+
+
+def test_cells_of_one_seed_share_their_sae_and_the_report_compares_them(setup, tmp_path):
+    """A real (tiny) sweep with SAEs: two compressions at one seed train the same SAE of A
+    (same digest: training is seeded and deterministic), and sweep-report puts both in one
+    matrix; a summary removed from beside the results is skipped and said so."""
+    from lensbias.cli import main
+    from lensbias.sweep.analysis import cell_summaries
+
+    _, raw, _ = setup
+    cfg = sweep_config_from_dict({**raw, "sae": True, "calib": ["code"],
+                                  "methods": [{"name": "magnitude", "levels": [0.3, 0.7]}]})
+    out = tmp_path / "s"
+    run_sweep(cfg, out, jobs=1, progress=False)
+    rows = read_results(out, cfg)
+    ids = list(dict.fromkeys(r["cell_id"] for r in rows))
+    read = cell_summaries(out)
+    digests = {rep["summary"]["sae_a_sha256"] for cid in ids for rep in read(cid)["saes"].values()}
+    assert len(ids) == 2 and len(digests) == 1
+    assert main(["sweep-report", str(out)]) == 0
+    html = (out / "sweep-report.html").read_text()
+    panel = html[html.index("<section id='overlap'>"):]
+    assert panel.count("<table class='overlap'") == 2 and "magnitude:0.7 code" in panel
+    assert all(f"<code class='cid'>{cid}</code>" in panel for cid in ids)
+    (out / "cells" / ids[1] / "summary.json").unlink()
+    assert main(["sweep-report", str(out)]) == 0
+    html = (out / "sweep-report.html").read_text()
+    assert "Skipped: 1 cell with no summary.json" in html and "no overlap to show" in html

@@ -95,7 +95,8 @@ def sweep_report(results: Path, out: Path | None, title: str | None) -> None:
     """Write a self-contained HTML report of a sweep folder (or its results.jsonl).
 
     The analysis is recomputed from the finished cells' rows, so a report of a sweep still
-    running shows the cells finished so far. Cell rows link to each cell's diff report.
+    running shows the cells finished so far. Cell rows link to each cell's diff report; the
+    SAE feature-overlap matrices are read from the cells' summary.json files (cells/<id>/).
 
     \b
     Examples:
@@ -106,7 +107,7 @@ def sweep_report(results: Path, out: Path | None, title: str | None) -> None:
 
     from lensbias.errors import LensbiasError
     from lensbias.report.sweep import render_sweep_html
-    from lensbias.sweep.analysis import analyse
+    from lensbias.sweep.analysis import analyse, cell_summaries, feature_overlap
     from lensbias.sweep.run import RESULTS, read_results
 
     folder = results.parent if results.name == RESULTS and results.is_file() else results
@@ -123,7 +124,7 @@ def sweep_report(results: Path, out: Path | None, title: str | None) -> None:
     if target.resolve().parent != folder.resolve():
         linked = set()  # links are relative to the sweep folder
     html = render_sweep_html(rows, analyse(rows), title or f"lensbias sweep: {folder.name}",
-                             linked)
+                             linked, overlap=feature_overlap(rows, cell_summaries(folder)))
     tmp = target.with_name(f".{target.name}.tmp")
     try:
         tmp.write_text(html, encoding="utf-8")

@@ -3,8 +3,9 @@
 Same style, scripts and escaping as the diff report (every string from a results row —
 model, method, concept, calibration file name — goes through ``esc``). Sections: headline,
 interaction table with CIs, phase curves with collapse levels, anisotropy change vs
-survival loss, the training-data view of the original models, and every cell with a link
-to its own diff report.
+survival loss, the training-data view of the original models, which SAE features the
+compressions damage (overlap matrices, from the cells' ``summary.json`` files when they lie
+beside the results), and every cell with a link to its own diff report.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ from lensbias.report.svg import bar_chart, line_chart, scatter_chart
 
 
 def render_sweep_html(rows: list[dict[str, Any]], analysis: dict[str, Any],
-                      title: str = "lensbias sweep", linked: set[str] | None = None) -> str:
+                      title: str = "lensbias sweep", linked: set[str] | None = None,
+                      overlap: dict[str, Any] | None = None) -> str:
     """The whole sweep report as one self-contained HTML string.
 
     ``linked``: cell ids whose ``cells/<id>/report.html`` exists beside the page (None: all).
+    ``overlap``: ``lensbias.sweep.analysis.feature_overlap`` of the cells' summaries (None:
+    no summary was read, and the panel says so).
     """
     models = sorted({str(r.get("model")) for r in rows})
     body = "".join([
@@ -34,6 +38,8 @@ def render_sweep_html(rows: list[dict[str, Any]], analysis: dict[str, Any],
         _curves(analysis.get("phase_curves") or {}),
         _scatter(analysis.get("anisotropy_vs_loss") or {}),
         _models(analysis.get("model_view") or {}),
+        _overlap(overlap if overlap is not None else
+                 {"missing": sorted({str(r.get("cell_id")) for r in rows}), "groups": []}),
         _cells(rows, linked),
     ])
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
@@ -206,6 +212,88 @@ def _models(view: dict[str, Any]) -> str:
             f"model's bits per byte on held-out text of a domain (lower: compresses it "
             f"better) beside its probe accuracy on that domain's concepts.</p>{chart}{table}"
             f"</section>")
+
+
+def _heat(v: Any, signed: bool) -> str:
+    """A matrix cell: the value on a background whose strength is its size (blue: positive,
+    red: negative; only numbers reach the style attribute)."""
+    if not _num(v):
+        return "<td class='ci'>–</td>"
+    rgb = "31,119,180" if v >= 0 or not signed else "214,39,40"
+    return (f"<td style='background:rgba({rgb},{min(abs(float(v)), 1.0) * 0.6:.2f});"
+            f"text-align:right'>{float(v):.2f}</td>")
+
+
+def _matrix(name: str, m: list[list[Any]], labels: list[str], signed: bool) -> str:
+    n = len(labels)
+    head = "".join(f"<th title='{esc(lab)}'>{i + 1}</th>" for i, lab in enumerate(labels))
+    body = "".join(
+        f"<tr><th title='{esc(labels[i])}'>{i + 1}</th>"
+        + "".join(_heat(m[i][j] if i < len(m) and j < len(m[i]) else None, signed)
+                  for j in range(n)) + "</tr>" for i in range(n))
+    return (f"<div style='margin-right:24px'><p><b>{name}</b></p>"
+            f"<table class='overlap' style='width:auto'><thead><tr>"
+            f"<th></th>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+
+
+def _overlap(ov: dict[str, Any]) -> str:
+    """Which features do different compressions damage? One Jaccard and one Spearman matrix
+    per SAE of A (``feature_overlap``), its cells listed by number."""
+    missing, no_sae = len(ov.get("missing", [])), len(ov.get("no_sae", []))
+    groups = ov.get("groups", [])
+    why = ([f"{missing} cell{'s' if missing != 1 else ''} with no summary.json beside the "
+            f"results (cells/&lt;cell id&gt;/summary.json)"] if missing else []) + (
+        [f"{no_sae} cell{'s' if no_sae != 1 else ''} whose summary has no SAE report (a "
+         f"sweep runs SAEs with <code>sae: true</code>)"] if no_sae else [])
+    skipped = f" Skipped: {' and '.join(why)}." if why else ""
+    intro = (f"<p>For the cells that share an SAE of A (same model, seed and SAE hook): the "
+             f"Jaccard overlap of the features each compression damages (not 'survived' in "
+             f"the readout), and the Spearman ρ of their damage scores (1 − r), over the "
+             f"features stable and judged in every cell of the matrix. Jaccard near 1 and ρ "
+             f"near 1: the compressions break the same features, in the same order; low "
+             f"values: each damages its own. Cells whose SAEs of A differ "
+             f"(summary.sae_a_sha256) are never put in one matrix."
+             + (f" Cells shown: {esc(ov['rule'])}." if ov.get("rule") else "") + f"{skipped}"
+             + (f" Not looked at under this rule: {esc(ov.get('not_shown'))} "
+                f"cell{'s' if ov.get('not_shown') != 1 else ''}."
+                if ov.get("not_shown") else "") + "</p>")
+    parts = []
+    if not groups:
+        parts.append("<p class='headline'>No two cells with an SAE report of the same SAE of "
+                     "A are beside these results, so there is no overlap to show.</p>")
+    for g in groups:
+        labels = [str(x) for x in g.get("labels", [])]
+        damaged = g.get("damaged") or []
+        legend = "".join(
+            f"<tr><td>{i + 1}</td><td style='overflow-wrap:anywhere'>{esc(lab)}</td>"
+            f"<td>{fmt(damaged[i] if i < len(damaged) else None)}</td>"
+            f"<td><code class='cid'>{esc((g.get('cells') or [''] * len(labels))[i])}</code>"
+            f"</td></tr>" for i, lab in enumerate(labels))
+        n_feat = g.get("n_features") or 0
+        note = ""
+        if not n_feat:
+            note = (" No feature is judged in every cell"
+                    + (f" ({esc(g.get('n_gate_failed'))} of {len(labels)} cells withhold "
+                       f"their verdicts: A's SAE missed a quality bar)"
+                       if g.get("n_gate_failed") else "") + ", so the matrices are empty.")
+        parts.append(
+            f"<h3 style='overflow-wrap:anywhere'>{esc(g.get('model'))}, seed "
+            f"{esc(g.get('seed'))}, {esc(g.get('hook'))} <code class='cid'>SAE "
+            f"{esc(str(g.get('sae_a_sha256'))[:12])}</code></h3>"
+            f"<p>{esc(n_feat)} features compared.{note}</p>"
+            f"<table style='width:auto'><thead><tr><th>#</th><th>cell (method:level calib)"
+            f"</th><th>damaged</th><th>cell id</th></tr></thead><tbody>{legend}</tbody>"
+            f"</table><div class='charts'>"
+            + _matrix("Jaccard of damaged features", g.get("jaccard") or [], labels, False)
+            + _matrix("Spearman ρ of damage scores", g.get("spearman") or [], labels, True)
+            + "</div>")
+    alone = ov.get("alone") or []
+    if alone:
+        parts.append("<p>Not compared (" + "; ".join(
+            f"{esc(a.get('label'))} <code class='cid'>{esc(a.get('cell_id'))}</code>: "
+            f"{esc(a.get('reason'))}" for a in alone) + ").</p>")
+    return (f"<section id='overlap'><h2>Which features do different compressions damage?</h2>"
+            f"{intro}{''.join(parts)}</section>")
 
 
 def _method(r: dict[str, Any]) -> str:

@@ -50,8 +50,9 @@ def damage_overlap(reports: dict[str, dict[str, Any]], reading: str = "verdict"
     common = sorted(set.intersection(*[
         {i for i, f in rows.items() if f.get(reading) in JUDGED and f.get("stable") is not False}
         for rows in by_index]))
-    damaged = [np.asarray([rows[i][reading] != "survived" for i in common]) for rows in by_index]
-    score = [np.asarray([_damage(rows[i].get(R_FIELD[reading])) for i in common])
+    damaged = [np.asarray([rows[i][reading] != "survived" for i in common], dtype=bool)
+               for rows in by_index]  # dtype: no common feature gives empty boolean sets
+    score = [np.asarray([_damage(rows[i].get(R_FIELD[reading])) for i in common], dtype=float)
              for rows in by_index]
     k = len(names)
     jac = np.full((k, k), np.nan)

@@ -23,8 +23,12 @@ left out of every mean.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections import defaultdict
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -319,3 +323,152 @@ def interaction_table(result: dict[str, Any]) -> str:
     lines.append("cc = S(code concepts | code calib), cp = S(code | prose calib), "
                  "pc = S(prose | code calib), pp = S(prose | prose calib)")
     return "\n".join(lines)
+
+
+MAX_OVERLAP_CELLS = 12
+"""Most cells in one feature-overlap matrix (12 × 12 stays readable on the page)."""
+
+
+def feature_overlap(rows: list[dict[str, Any]],
+                    summaries: Mapping[str, Any] | Callable[[str], Any],
+                    max_cells: int = MAX_OVERLAP_CELLS, reading: str = "verdict"
+                    ) -> dict[str, Any]:
+    """Which SAE features do different compressions of the same A damage? (issue 13 item 4)
+
+    ``summaries``: a cell id's ``summary.json`` as a dict (None or absent: no summary beside
+    the results), as a mapping or a function (``cell_summaries(folder)``). Cells that share
+    an SAE of A are compared with ``lensbias.saes.damage_overlap``: the pairwise Jaccard
+    overlap of their damaged features (not 'survived' in ``reading``) and the Spearman ρ of
+    their damage scores (1 − r), over the features stable and judged in every cell.
+
+    Which cells (the rule, so a matrix stays readable): per model, the lowest seed that has
+    any cell with an SAE report; of that seed, the first ``max_cells`` such cells in grid
+    order. Their reports are grouped by SAE hook and then by ``summary.sae_a_sha256``: cells
+    of one model and seed train the same SAE of A (training is seeded and deterministic), but
+    a group whose digests differ is split, never mixed, and a digest held by one cell only is
+    listed as not comparable. Summaries are read lazily, one cell at a time, and only the
+    fields the overlap needs are kept.
+
+    Returns ``{"reading", "max_cells", "rule", "n_cells", "missing": [cell ids],
+    "no_sae": [cell ids], "not_shown": n, "alone": [{model, seed, hook, cell_id, label,
+    reason}], "groups": [{model, seed, hook, sae_a_sha256, cells, labels, damaged,
+    n_features, n_gate_failed, jaccard, spearman}]}``: ``missing`` / ``no_sae`` are the
+    cells looked at whose summary is missing or has no SAE report, ``not_shown`` the cells
+    the rule did not look at (later seeds, or past the first ``max_cells``); matrices are
+    lists of rows (None: undefined).
+    """
+    from lensbias.saes.overlap import R_FIELD, damage_overlap
+
+    if reading not in R_FIELD:
+        raise ValueError(f"reading {reading!r} is unknown; use one of {', '.join(R_FIELD)}")
+    get = summaries if callable(summaries) else summaries.get
+    first: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        first.setdefault(str(r.get("cell_id")), r)
+    by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in sorted(first.values(), key=lambda r: r["cell_index"] if _ok(r.get("cell_index"))
+                    else math.inf):  # grid order (stable: rows come in it)
+        by_model[str(r.get("model"))].append(r)
+    missing: list[str] = []
+    no_sae: list[str] = []
+    alone: list[dict[str, Any]] = []
+    groups: list[dict[str, Any]] = []
+    not_shown = 0
+    for model, cells_m in by_model.items():
+        seeds = sorted({c.get("seed") for c in cells_m}, key=lambda s: _gkey((s,)))
+        chosen = False
+        for seed in seeds:
+            if chosen:
+                not_shown += sum(1 for c in cells_m if c.get("seed") == seed)
+                continue
+            picked: list[tuple[dict[str, Any], dict[str, Any]]] = []
+            for c in (c for c in cells_m if c.get("seed") == seed):
+                if len(picked) >= max_cells:
+                    not_shown += 1
+                    continue
+                saes = _sae_reports(get(str(c["cell_id"])), reading)
+                if saes is None:
+                    missing.append(str(c["cell_id"]))
+                elif not saes:
+                    no_sae.append(str(c["cell_id"]))
+                else:
+                    picked.append((c, saes))
+            chosen = bool(picked)
+            by_sae: dict[tuple[str, Any], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+            for c, saes in picked:
+                for hook, rep in saes.items():
+                    key = (hook, rep["summary"].get("sae_a_sha256"))
+                    by_sae.setdefault(key, []).append((c, rep))
+            for (hook, digest), members in sorted(by_sae.items(), key=lambda kv: (
+                    kv[0][0], -len(kv[1]), str(kv[0][1]))):
+                where = {"model": model, "seed": seed, "hook": hook}
+                if digest is None or len(members) < 2:
+                    alone.extend({**where, "cell_id": str(c["cell_id"]),
+                                  "label": overlap_label(c),
+                                  "reason": "its summary does not name its SAE of A "
+                                            "(sae_a_sha256)" if digest is None else
+                                            "no other cell shown used the same SAE of A"}
+                                 for c, _ in members)
+                    continue
+                ids = [str(c["cell_id"]) for c, _ in members]
+                out = damage_overlap({cid: rep for cid, (_, rep) in zip(ids, members)},
+                                     reading=reading)
+                labels = [overlap_label(c) for c, _ in members]
+                dup = {lab for lab in labels if labels.count(lab) > 1}
+                groups.append({
+                    **where, "sae_a_sha256": digest, "cells": ids,
+                    "labels": [f"{lab} ({cid})" if lab in dup else lab
+                               for lab, cid in zip(labels, ids)],
+                    "damaged": [out["damaged"][cid] for cid in ids],
+                    "n_features": out["n_features"],
+                    "n_gate_failed": sum(1 for _, rep in members
+                                         if not rep["summary"].get("gate_passed", True)),
+                    "jaccard": out["jaccard"], "spearman": out["spearman"]})
+    return {"reading": reading, "max_cells": max_cells,
+            "rule": f"per model, the lowest seed with SAE reports; its first {max_cells} "
+                    f"cells with one, in grid order; one matrix per SAE of A",
+            "n_cells": len(first), "missing": missing, "no_sae": no_sae,
+            "not_shown": not_shown, "alone": alone, "groups": groups}
+
+
+def overlap_label(row: dict[str, Any]) -> str:
+    """A cell as the overlap matrix names it: ``method:level calib``."""
+    return f"{method_label(row)}:{row.get('level')} {row.get('calib')}"
+
+
+def _sae_reports(summary: Any, reading: str) -> dict[str, dict[str, Any]] | None:
+    """The fields of a summary's SAE reports that ``damage_overlap`` reads (None: no summary;
+    {}: no SAE report)."""
+    from lensbias.saes.overlap import R_FIELD
+
+    if not isinstance(summary, dict):
+        return None
+    keep = ("index", "stable", reading, R_FIELD[reading])
+    out = {}
+    for hook, rep in (summary.get("saes") or {}).items():
+        if not isinstance(rep, dict) or not rep.get("features"):
+            continue
+        head = rep.get("summary") or {}
+        out[str(hook)] = {
+            "summary": {"sae_a_sha256": head.get("sae_a_sha256"),
+                        "gate_passed": (head.get("gate") or {}).get("passed", True)},
+            "features": [{k: f.get(k) for k in keep} for f in rep["features"]]}
+    return out
+
+
+def cell_summaries(folder: str | os.PathLike[str]) -> Callable[[str], dict[str, Any] | None]:
+    """A cell id → its ``folder/cells/<id>/summary.json`` (None when missing or unreadable),
+    read when asked for (for ``feature_overlap``)."""
+    base = Path(folder) / "cells"
+
+    def read(cell_id: str) -> dict[str, Any] | None:
+        path = base / cell_id / "summary.json"
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    return read
