@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,7 @@ import torch
 
 from lensbias.errors import LensbiasError
 from lensbias.models import adapter
-from lensbias.models.folder import _replace
+from lensbias.models.folder import check_new_folder, staged_folder
 from lensbias.models.tokenizer import BPETokenizer, HFTokenizer
 
 TOLERANCE = 1e-4
@@ -152,20 +150,14 @@ def export_hf(lm: Any, folder: Path, force: bool = False) -> dict[str, Any]:
     """Write ``lm`` to ``folder`` as an OPT checkpoint with its tokenizer (atomic), after
     checking transformers' logits against lensbias' (max abs difference ≤ TOLERANCE).
     Returns what ``lensbias-export.json`` records, the measured difference included."""
-    folder = Path(folder)
-    if folder.exists() and not force:
-        raise LensbiasError(f"{folder} already exists; pass --force to overwrite it")
-    if not folder.parent.is_dir():
-        raise LensbiasError(f"output folder {folder.parent} does not exist")
+    folder = check_new_folder(folder, force)
     cfg = check_exportable(lm)
     config_kwargs, state, size = opt_checkpoint(lm, cfg)
     from transformers import OPTConfig, OPTForCausalLM
 
     from lensbias.models.hf import quiet_progress
 
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp"))
-    try:
-        tmp.chmod(0o755)
+    with staged_folder(folder) as tmp:
         with quiet_progress():
             hf = OPTForCausalLM(OPTConfig(**config_kwargs)).eval()
             hf.load_state_dict(state, strict=True)
@@ -182,11 +174,6 @@ def export_hf(lm: Any, folder: Path, force: bool = False) -> dict[str, Any]:
                   if "unembed.b_U" in lm.model.state_dict() else False,
                   "fold_size": size, "max_abs_logit_diff": diff, "probe_text": PROBE_TEXT}
         (tmp / EXPORT_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        _replace(tmp, folder)
-    except OSError as err:
-        raise LensbiasError(f"could not write {folder}: {err.strerror or err}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return record
 
 

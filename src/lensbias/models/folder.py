@@ -8,10 +8,12 @@ optionally ``token_counts.safetensors``, ``recipe.json`` (compressed models) and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +34,8 @@ def save_folder(folder: Path, model: torch.nn.Module, tokenizer: TextTokenizer,
                 meta: dict[str, Any], token_counts: np.ndarray | None = None,
                 files: dict[str, str] | None = None, force: bool = False) -> Path:
     """Write a complete model folder atomically; an existing folder needs ``force``."""
-    folder = Path(folder)
-    if folder.exists() and not force:
-        raise LensbiasError(f"{folder} already exists; pass --force to overwrite it")
-    if not folder.parent.is_dir():
-        raise LensbiasError(f"output folder {folder.parent} does not exist")
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp"))
-    try:
-        tmp.chmod(0o755)
+    folder = check_new_folder(folder, force)
+    with staged_folder(folder) as tmp:
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
                  if not k.endswith(("attn.mask", "attn.IGNORE"))}
         save_file(state, tmp / "model.safetensors")
@@ -54,12 +50,34 @@ def save_folder(folder: Path, model: torch.nn.Module, tokenizer: TextTokenizer,
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
+    return folder
+
+
+def check_new_folder(folder: Path, force: bool) -> Path:
+    """``folder`` as a Path, refused in one line when it exists (without ``force``) or its
+    parent does not."""
+    folder = Path(folder)
+    if folder.exists() and not force:
+        raise LensbiasError(f"{folder} already exists; pass --force to overwrite it")
+    if not folder.parent.is_dir():
+        raise LensbiasError(f"output folder {folder.parent} does not exist")
+    return folder
+
+
+@contextlib.contextmanager
+def staged_folder(folder: Path) -> Iterator[Path]:
+    """A fresh sibling of ``folder`` to write into: moved into place (replacing ``folder``)
+    when the block finishes, removed whatever happens, so ``folder`` is never half-written.
+    An OSError becomes one ``LensbiasError`` line."""
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp"))
+    try:
+        tmp.chmod(0o755)
+        yield tmp
         _replace(tmp, folder)
     except OSError as err:
         raise LensbiasError(f"could not write {folder}: {err.strerror or err}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return folder
 
 
 def _save_tokenizer(tokenizer: TextTokenizer, folder: Path) -> str:
