@@ -26,6 +26,7 @@ from lensbias.cli import cli, main
 from lensbias.compress import CalibConfig, Recipe
 from lensbias.concepts.jsonl import write_jsonl
 from lensbias.diff import MARKER, DiffConfig, run_diff
+from lensbias.errors import LensbiasError
 from lensbias.models.tokenizer import BPETokenizer
 from lensbias.model_pair import merged_dataset, parse_compress_spec
 from lensbias.store import ActivationStore
@@ -101,6 +102,9 @@ def test_whole_levels_are_kept_exact():
     assert parse_compress_spec("layer-drop:1", calib).params == {"n_drop": 1}
     assert parse_compress_spec("wanda:0.25", calib).params == {"sparsity": 0.25}
     assert parse_compress_spec("sparsegpt:2:4", calib).params == {"nm": "2:4"}
+    assert parse_compress_spec("magnitude:2:4", calib).params == {"nm": "2:4"}
+    with pytest.raises(LensbiasError, match="must be a number"):
+        parse_compress_spec("rtn:2:4", calib)
 
 
 def test_tokenizer_mismatch_leaves_no_folder(model_dir, data_file, tmp_path, capsys):

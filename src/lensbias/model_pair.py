@@ -39,8 +39,13 @@ WHOLE_LEVELS = ("bits", "n_drop", "n_layers")
 """Levels that count things (bits, blocks): a whole number, never silently truncated."""
 
 
+NM_METHODS = ("magnitude", "wanda", "sparsegpt")
+"""Methods whose level may be an N:M pattern (``2:4``)."""
+
+
 def parse_compress_spec(spec: str, calib: CalibConfig) -> Recipe:
-    """``wanda:0.5``, ``gptq:4``, ``sparsegpt:2:4`` (N:M) → a checked Recipe.
+    """``wanda:0.5``, ``gptq:4``, ``sparsegpt:2:4`` or ``magnitude:2:4`` (N:M) → a checked
+    Recipe.
 
     No level (``wanda``) records the method's default level in the recipe. The recipe is
     checked (``check_recipe``: options and calibration domain) before anything is loaded.
@@ -53,7 +58,7 @@ def parse_compress_spec(spec: str, calib: CalibConfig) -> Recipe:
                             f"{', '.join(sorted(METHODS))}")
     if not level:
         recipe = Recipe(method, with_default_level(method, {}), calib=calib)
-    elif level.count(":") == 1 and method in ("wanda", "sparsegpt"):
+    elif level.count(":") == 1 and method in NM_METHODS:
         recipe = Recipe(method, {"nm": level}, calib=calib)
     else:
         recipe = Recipe(method, {LEVEL_PARAM.get(method, "sparsity"): _level(spec, method, level)},
@@ -81,7 +86,7 @@ def with_default_level(method: str, params: dict[str, Any]) -> dict[str, Any]:
     """``params`` plus the method's default level (``LEVEL_PARAM``) when none is given, so
     the recipe states the level it ran at: ``wanda`` alone records ``sparsity: 0.5``.
 
-    An N:M pattern is the level of wanda/sparsegpt. A default of None (distill's
+    An N:M pattern is the level of magnitude/wanda/sparsegpt. A default of None (distill's
     ``n_layers``: half the teacher) is left out; the method records its choice itself.
     """
     key = LEVEL_PARAM.get(method)

@@ -31,7 +31,7 @@ def _layers(value: str | None) -> tuple[int, int] | None:
 @click.argument("model")
 @click.option("--method", "-m", required=True, help="Compression method (see below).")
 @click.option("--sparsity", type=float, help="Pruning: fraction of weights (or units) removed.")
-@click.option("--nm", help="N:M semi-structured pattern for wanda/sparsegpt, e.g. 2:4.")
+@click.option("--nm", help="N:M semi-structured pattern for magnitude/wanda/sparsegpt, e.g. 2:4.")
 @click.option("--bits", type=int, help="Quantization: 2, 3, 4 or 8.")
 @click.option("--group-size", type=int, help="Quantization group size (-1: per channel).")
 @click.option("--symmetric", is_flag=True, default=None, help="Symmetric quantization grid.")
@@ -63,8 +63,8 @@ def compress(model: str, method: str, calib: str, calib_seqs: int, calib_len: in
              no_eval: bool, device: str, **options: object) -> None:
     """Compress MODEL with one method and save it, with its recipe, to --out.
 
-    Methods: magnitude, magnitude-global, magnitude-neurons, magnitude-heads (--sparsity);
-    wanda, sparsegpt (--sparsity or --nm); rtn, gptq, awq (--bits, --group-size,
+    Methods: magnitude-global, magnitude-neurons, magnitude-heads (--sparsity);
+    magnitude, wanda, sparsegpt (--sparsity or --nm); rtn, gptq, awq (--bits, --group-size,
     --symmetric, --act-order); svd, asvd, svd-llm (--rank-ratio); layer-drop (--n-drop);
     distill (--student-layers, --student-d-model, --steps, --temperature).
 
