@@ -401,3 +401,17 @@ def test_real_tokenizers_get_the_right_labels() -> None:
                         if not s and a < start + len(word) and start < b]
                 assert hits and all(h == want for h in hits), (name, word, hits)
             assert all(lab is None for lab, s in zip(labels, enc.special) if s)
+
+
+def test_jsonl_line_longer_than_the_cap_is_refused_with_its_line(tmp_path) -> None:
+    from lensbias.concepts.jsonl import MAX_TEXT_CHARS
+
+    path = tmp_path / "long.jsonl"
+    ok = json.dumps({"text": "a" * MAX_TEXT_CHARS})
+    path.write_text(json.dumps({"text": "short"}) + "\n" + ok + "\n")
+    assert len(read_jsonl(path).examples[1].text) == MAX_TEXT_CHARS
+    path.write_text(json.dumps({"text": "short"}) + "\n"
+                    + json.dumps({"text": "a" * (MAX_TEXT_CHARS + 1)}) + "\n")
+    with pytest.raises(LensbiasError, match=r"long\.jsonl:2: \"text\" is 200,001 characters; "
+                                            r"an example may hold at most 200,000"):
+        read_jsonl(path)

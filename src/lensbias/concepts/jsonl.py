@@ -8,7 +8,9 @@ lines are skipped::
     {"id": "s1", "text": "Dogs bark.", "spans": [{"start": 0, "end": 4,
      "labels": {"upos": "NOUN"}}], "labels": {"domain": "prose"}}
 
-- ``text`` (string, required): what the model reads.
+- ``text`` (string, required): what the model reads; at most ``MAX_TEXT_CHARS`` (200,000)
+  characters, so one line cannot hold the whole run's memory and time (a 1 MB line took
+  85 s and ~1 GB to cache on 2 cores): split a long document into several lines.
 - ``id`` (string, optional): unique within the file; defaults to the line number ("7").
 - ``spans`` (list, optional): labelled character ranges ``text[start:end]``; ``start`` and
   ``end`` are integers with ``0 <= start <= end <= len(text)`` counted in Unicode code points
@@ -40,6 +42,8 @@ from lensbias.concepts.schema import ConceptDataset, Example, Span
 from lensbias.errors import LensbiasError
 
 EXAMPLE_KEYS = ("id", "text", "spans", "labels")
+MAX_TEXT_CHARS = 200_000
+"""The longest ``text`` one line may hold (the built-in examples hold at most 1,500)."""
 SPAN_KEYS = ("start", "end", "labels")
 DOMAIN = "domain"
 USER_DOMAIN = "user"
@@ -162,6 +166,10 @@ def parse_example(line: str, number: int) -> Example:
     if not isinstance(text, str):
         found = "no \"text\"" if "text" not in record else f"\"text\" is {_json_type(text)}"
         raise _LineError(f"{found}; every line needs \"text\": a string")
+    if len(text) > MAX_TEXT_CHARS:
+        raise _LineError(f"\"text\" is {len(text):,} characters; an example may hold at most "
+                         f"{MAX_TEXT_CHARS:,}: split the document into several lines (each is "
+                         "windowed anyway)")
     _require_encodable(text, "\"text\"")
     example_id = record.get("id", str(number))
     if not isinstance(example_id, str):
