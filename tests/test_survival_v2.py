@@ -155,3 +155,17 @@ def test_alignment_maps_recover_their_own_transformations():
     for kind, b in cases.items():
         mapped = AlignMap(kind).fit(b, a).transform(b)
         assert np.abs(mapped - a).max() < 0.05, kind
+
+
+def test_headline_reads_the_hook_with_the_most_contextual_concepts_on_a():
+    from lensbias.survival import headline_hook
+
+    def row(hook, kind):
+        return {"hook": hook, "kind": kind, "concept": "c"}
+
+    rows = [row("blocks.0.x", "contextual"), row("blocks.0.x", "contextual"),
+            row("blocks.1.x", "contextual"), row("blocks.1.x", "token identity"),
+            row("blocks.2.x", "token identity"), row("blocks.2.x", "token identity")]
+    assert headline_hook(rows) == "blocks.0.x"
+    rows.append(row("blocks.1.x", "contextual"))  # a tie goes to the deeper hook
+    assert headline_hook(rows) == "blocks.1.x"

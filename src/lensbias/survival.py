@@ -24,8 +24,14 @@ KEPT = 0.9
 
 
 def headline(probes: dict[str, Any]) -> dict[str, Any]:
-    """What survived at the deepest probed hook: how many concepts are token identity, and
-    per domain the three readings of the contextual concepts, with a diagnosis."""
+    """What survived at the headline hook: how many concepts are token identity, and per
+    domain the three readings of the contextual concepts, with a diagnosis.
+
+    The headline hook is the one where the most concepts are contextual on A (ties: the
+    deeper). It is chosen on A alone, so it favours no reading of B; a sentence encoder's
+    last block, tuned for sentence similarity, would otherwise hide the contextual concepts
+    of its middle blocks. The sentence names the hook.
+    """
     rows = probes.get("rows", [])
     skipped = probes.get("skipped", [])
     not_measured = "; ".join(f"{s['concept']} ({s['reason']})" for s in skipped)
@@ -34,7 +40,7 @@ def headline(probes: dict[str, Any]) -> dict[str, Any]:
         if not_measured:
             sentence += f" Not measured: {not_measured}."
         return {"sentence": sentence, "by_domain": {}, "skipped": skipped}
-    deepest = max(dict.fromkeys(r["hook"] for r in rows), key=_layer)
+    deepest = headline_hook(rows)
     at_hook = [r for r in rows if r["hook"] == deepest]
     token = [r["concept"] for r in at_hook if r.get("kind") != "contextual"]
     by_domain: dict[str, dict[str, Any]] = {}
@@ -68,6 +74,13 @@ def headline(probes: dict[str, Any]) -> dict[str, Any]:
     return {"hook": deepest, "n_concepts": len(at_hook), "n_token_identity": len(token),
             "token_identity": token, "by_domain": by_domain, "skipped": skipped,
             "sentence": " ".join(parts)}
+
+
+def headline_hook(rows: list[dict[str, Any]]) -> str:
+    """The hook with the most contextual concepts on A; ties go to the deeper hook."""
+    hooks = list(dict.fromkeys(r["hook"] for r in rows))
+    count = {h: sum(r.get("kind") == "contextual" for r in rows if r["hook"] == h) for h in hooks}
+    return max(hooks, key=lambda h: (count[h], _layer(h), hooks.index(h)))
 
 
 def diagnosis(agg: dict[str, Any]) -> str:
