@@ -40,18 +40,18 @@ def headline(probes: dict[str, Any]) -> dict[str, Any]:
         if not_measured:
             sentence += f" Not measured: {not_measured}."
         return {"sentence": sentence, "by_domain": {}, "skipped": skipped}
-    deepest = headline_hook(rows)
-    at_hook = [r for r in rows if r["hook"] == deepest]
+    hook = headline_hook(rows)
+    at_hook = [r for r in rows if r["hook"] == hook]
     token = [r["concept"] for r in at_hook if r.get("kind") != "contextual"]
     by_domain: dict[str, dict[str, Any]] = {}
     for agg in probes.get("by_domain", []):
-        if agg.get("hook") == deepest:
+        if agg.get("hook") == hook:
             by_domain.setdefault(agg["domain"], {})[agg["kind"]] = {
                 k: agg.get(k) for k in ("n_concepts", "concepts", "acc_a", "baseline",
                                         "information", "information_ci", "readout",
                                         "readout_ci", "aligned_readout", "aligned_readout_ci",
                                         "excluded")}
-    parts = [f"At {deepest}, {len(token)} of {len(at_hook)} concepts are readable from token "
+    parts = [f"At {hook}, {len(token)} of {len(at_hook)} concepts are readable from token "
              "identity alone on this model" + (f" ({', '.join(token)})" if token else "") + "."]
     for domain, kinds in sorted(by_domain.items()):
         ctx = kinds.get("contextual")
@@ -71,7 +71,7 @@ def headline(probes: dict[str, Any]) -> dict[str, Any]:
         parts.append(contrast)
     if not_measured:
         parts.append(f"Not measured: {not_measured}.")
-    return {"hook": deepest, "n_concepts": len(at_hook), "n_token_identity": len(token),
+    return {"hook": hook, "n_concepts": len(at_hook), "n_token_identity": len(token),
             "token_identity": token, "by_domain": by_domain, "skipped": skipped,
             "sentence": " ".join(parts)}
 
