@@ -140,7 +140,7 @@ class ProbePair:
         concepts = _concepts(store_a, cfg)
         hooks = _hooks(store_a, store_b, cfg)
         groups = tokens["example"].astype(np.int64)
-        docs = document_ids(store_a)
+        docs = document_ids(store_a, groups)
         test = grouped_split(docs, cfg.test_fraction, seed=cfg.seed)
         weights = bootstrap_weights(docs[test], cfg.n_bootstrap, cfg.seed)
         types = (word_types(store_a.texts(), groups, tokens["offsets"]) if cfg.control
@@ -598,10 +598,12 @@ def _hooks(store_a, store_b, cfg: ProbeConfig) -> list[str]:
     return list(cfg.hooks)
 
 
-def document_ids(store) -> Int[np.ndarray, " tokens"]:
+def document_ids(store, example: Int[np.ndarray, " tokens"] | None = None
+                 ) -> Int[np.ndarray, " tokens"]:
     """Per token, an id of its source document: the ``doc`` label (UD), else ``file``
-    (code), else its own example; ids of the three kinds never collide."""
-    example = store.tokens()["example"].astype(np.int64)
+    (code), else its own example; ids of the three kinds never collide. ``example``: the
+    store's per-token example ids when the caller has read them already."""
+    example = (store.tokens()["example"] if example is None else example).astype(np.int64)
     out = np.full(len(example), -1, np.int64)
     offset = 0
     for name in DOCUMENT_LABELS:

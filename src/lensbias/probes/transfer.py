@@ -80,7 +80,8 @@ def train_probe(store, concept: str, hook: str, config: ProbeConfig = ProbeConfi
     """Fit a probe of ``concept`` at ``hook`` on up to ``config.max_train`` labelled tokens of
     ``store`` (whole examples in a seeded order); C chosen as in ``ProbePair``."""
     labels = store.labels(concept)
-    groups = store.tokens()["example"].astype(np.int64)
+    tokens = store.tokens()
+    groups = tokens["example"].astype(np.int64)
     rows = _cap(np.flatnonzero(labels >= 0), groups, config.max_train,
                 np.random.default_rng(config.seed))
     values, counts = np.unique(labels[rows], return_counts=True)
@@ -90,8 +91,8 @@ def train_probe(store, concept: str, hook: str, config: ProbeConfig = ProbeConfi
         raise LensbiasError(f"{store.path}: concept {concept!r} has fewer than two classes with "
                             f"{config.min_class_tokens}+ tokens")
     acts = _gather(store, hook, rows)
-    probe, c = fit_selected(acts, labels[rows], document_ids(store)[rows], config)
-    ids = store.tokens()["ids"]
+    probe, c = fit_selected(acts, labels[rows], document_ids(store, groups)[rows], config)
+    ids = tokens["ids"]
     return TrainedProbe(concept, hook, store.classes(concept), probe,
                         TokenIdLookup().fit(ids[rows], labels[rows]), c, len(rows),
                         store.model_name, store.dataset_name)
@@ -109,16 +110,17 @@ def score_probe(trained: TrainedProbe, store, hook: str | None = None,
         raise LensbiasError(f"{store.path}: hook {hook} has width {store.d(hook)}, the probe "
                             f"{trained.probe.n_features_in_}")
     labels = labels_by_name(store, trained.concept, trained.classes, strict=False)
+    tokens = store.tokens()
     rows = np.flatnonzero(labels != -1)
     if max_tokens is not None:
-        rows = _cap(rows, store.tokens()["example"].astype(np.int64), max_tokens,
+        rows = _cap(rows, tokens["example"].astype(np.int64), max_tokens,
                     np.random.default_rng(seed))
     if len(rows) == 0:
         raise LensbiasError(f"{store.path} has no tokens labelled for {trained.concept!r}")
     y = labels[rows]
     seen = np.isin(y, trained.probe.classes_)
     predicted = trained.probe.predict(_gather(store, hook, rows))
-    ids = store.tokens()["ids"][rows]
+    ids = tokens["ids"][rows]
     own = store.classes(trained.concept)
     unseen = sorted({own[c] for c in store.labels(trained.concept)[rows][~seen]})
     return ProbeScore(accuracy=float(np.mean(predicted == y)),
