@@ -78,3 +78,29 @@ def word_dataset(texts: list[str], name: str = "words") -> ConceptDataset:
 @pytest.fixture()
 def small_dataset() -> ConceptDataset:
     return word_dataset(CORPUS[:4] * 3)
+
+
+def slow_writer_script(out, config: str, extra: str = "") -> str:
+    """Python source for a child process that caches a random model into ``out`` slowly
+    (0.3 s per batch, printing "batch" before each), for tests that interrupt a writer.
+    ``config``: the CacheConfig arguments; ``extra``: lines run before caching."""
+    import textwrap
+    from pathlib import Path
+
+    return textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import lensbias.store.writer as writer
+        from conftest import make_lm, word_dataset, CORPUS
+        from lensbias.models.tokenizer import BPETokenizer
+        real_run = writer.adapter.run_hooks
+        def slow_run(*args, **kwargs):
+            print("batch", flush=True)
+            time.sleep(0.3)
+            return real_run(*args, **kwargs)
+        writer.adapter.run_hooks = slow_run
+        {extra}
+        lm = make_lm(BPETokenizer.train(CORPUS, vocab_size=300))
+        writer.cache_activations(lm, word_dataset(CORPUS * 3), {str(out)!r},
+                                 writer.fmt.CacheConfig({config}))
+    """)

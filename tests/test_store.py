@@ -7,16 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
 
-from conftest import make_lm, word_dataset
+from conftest import make_lm, slow_writer_script, word_dataset
 from lensbias.concepts.align import align_labels
 from lensbias.errors import LensbiasError
 from lensbias.store import ActivationStore, CacheConfig, cache_activations, read_fingerprint
@@ -208,27 +206,9 @@ def test_incomplete_flag_is_refused(tiny_lm, small_dataset, tmp_path):
         ActivationStore(out)
 
 
-KILLED_WRITER = textwrap.dedent("""
-    import sys, time
-    sys.path.insert(0, {tests!r})
-    import lensbias.store.writer as writer
-    from conftest import make_lm, word_dataset, CORPUS
-    from lensbias.models.tokenizer import BPETokenizer
-    real_run = writer.adapter.run_hooks
-    def slow_run(*args, **kwargs):
-        print("batch", flush=True)
-        time.sleep(0.3)
-        return real_run(*args, **kwargs)
-    writer.adapter.run_hooks = slow_run
-    lm = make_lm(BPETokenizer.train(CORPUS, vocab_size=300))
-    writer.cache_activations(lm, word_dataset(CORPUS * 3), {out!r},
-                             writer.fmt.CacheConfig(batch_size=2, dtype="float32"))
-""")
-
-
 def test_killed_writer_leaves_nothing_readable(bpe, tmp_path):
     out = tmp_path / "killed.h5"
-    script = KILLED_WRITER.format(tests=str(Path(__file__).parent), out=str(out))
+    script = slow_writer_script(out, 'batch_size=2, dtype="float32"')
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
     for _ in range(3):  # wait until rows are being written

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import h5py
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CORPUS, make_lm, model_folder, word_dataset
+from conftest import CORPUS, make_lm, model_folder, slow_writer_script, word_dataset
 from lensbias.cli import main
 from lensbias.concepts.schema import ConceptDataset, Example, Span
 from lensbias.errors import LensbiasError
@@ -164,28 +163,10 @@ def test_lock_file_is_removed(tiny_lm, small_dataset, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5"]
 
 
-TERMINATED_WRITER = textwrap.dedent("""
-    import sys, time
-    sys.path.insert(0, {tests!r})
-    import lensbias.store.writer as writer
-    from conftest import make_lm, word_dataset, CORPUS
-    from lensbias.models.tokenizer import BPETokenizer
-    real_run = writer.adapter.run_hooks
-    def slow_run(*args, **kwargs):
-        print("batch", flush=True)
-        time.sleep(0.3)
-        return real_run(*args, **kwargs)
-    writer.adapter.run_hooks = slow_run
-    writer.POOL_BYTES = 1
-    lm = make_lm(BPETokenizer.train(CORPUS, vocab_size=300))
-    writer.cache_activations(lm, word_dataset(CORPUS * 3), {out!r},
-                             writer.fmt.CacheConfig(batch_size=1, window=8, dtype="float32"))
-""")
-
-
 def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
     out = tmp_path / "term.h5"
-    script = TERMINATED_WRITER.format(tests=str(Path(__file__).parent), out=str(out))
+    script = slow_writer_script(out, 'batch_size=1, window=8, dtype="float32"',
+                                extra="writer.POOL_BYTES = 1")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
