@@ -107,3 +107,28 @@ def test_diff_reports_and_renders_embedding_fidelity_for_encoders(minilm, monkey
     assert "embedding fidelity" in html and "retrieval agreement" in html
     assert "stdlib40-gumdev400" in html and html.count("<tr>") == 3  # header + 2 domains
     assert "Bits per byte" not in html
+
+
+def test_a_side_is_computed_once_per_weights(minilm, monkeypatch):
+    """Every cell of a sweep compares another B with the same A: A's embeddings come from
+    the memo, and a change to A's weights in place is a new key."""
+    import lensbias.behaviour.embedding as emb
+    from lensbias.behaviour import memo
+
+    memo.clear()
+    calls = []
+    real = emb.sentence_embeddings
+    monkeypatch.setattr(emb, "sentence_embeddings",
+                        lambda lm, texts, bs=32: calls.append(lm.name) or real(lm, texts, bs))
+    first = compare_embeddings(minilm, minilm, domains=("prose",), max_texts=4)
+    again = compare_embeddings(minilm, minilm, domains=("prose",), max_texts=4)
+    assert calls.count(minilm.name) == 3 and first == again  # A once, B twice
+    with torch.no_grad():
+        p = next(minilm.model.parameters())
+        p.add_(1.0)
+        try:
+            compare_embeddings(minilm, minilm, domains=("prose",), max_texts=4)
+        finally:
+            p.sub_(1.0)
+    assert calls.count(minilm.name) == 5
+    memo.clear()

@@ -161,6 +161,8 @@ def compare_embeddings(lm_a: LoadedModel, lm_b: LoadedModel,
                        batch_size: int = 32, max_texts: int | None = None) -> EmbeddingReport:
     """Embedding fidelity of encoder B against encoder A on the held-out texts of each domain
     (the first ``max_texts`` of them when given)."""
+    from lensbias.behaviour import memo
+
     for lm in (lm_a, lm_b):
         if not lm.is_encoder:
             raise LensbiasError(f"embedding fidelity needs two encoders; {lm.name} is a causal LM")
@@ -171,6 +173,7 @@ def compare_embeddings(lm_a: LoadedModel, lm_b: LoadedModel,
     out = {}
     for domain in domains:
         texts = held_out_sentences(domain)[:max_texts]
-        out[domain] = fidelity(sentence_embeddings(lm_a, texts, batch_size),
-                               sentence_embeddings(lm_b, texts, batch_size))
+        emb_a = memo.of_model(lm_a, ("sentence_embeddings", domain, max_texts),
+                              lambda: sentence_embeddings(lm_a, texts, batch_size))
+        out[domain] = fidelity(emb_a, sentence_embeddings(lm_b, texts, batch_size))
     return EmbeddingReport(lm_a.name, lm_b.name, out, HELD_OUT_SLICE, hook)

@@ -151,10 +151,15 @@ def compare_behaviour(lm_a: LoadedModel, lm_b: LoadedModel, dataset: ConceptData
                       store_a: ActivationStore, with_bpb: bool = True, n_boot: int = 1000,
                       seed: int = 0, batch_size: int = 8) -> BehaviourReport:
     """Per-token losses of A and B on ``store_a``'s windows, grouped; bits per byte too."""
-    losses_a = token_losses(lm_a, dataset, store_a, batch_size)
+    from lensbias.behaviour import memo
+
+    key = (store_a.fingerprint.get("dataset_sha256"), store_a.fingerprint.get("window"),
+           store_a.n_tokens)  # A's half is the same in every cell of a sweep: memoised
+    losses_a = memo.of_model(lm_a, ("token_losses", *key),
+                             lambda: token_losses(lm_a, dataset, store_a, batch_size))
     losses_b = token_losses(lm_b, dataset, store_a, batch_size)
-    bpb = ({"A": model_bits_per_byte(lm_a), "B": model_bits_per_byte(lm_b)}
-           if with_bpb else None)
+    bpb = ({"A": memo.of_model(lm_a, ("bits_per_byte",), lambda: model_bits_per_byte(lm_a)),
+            "B": model_bits_per_byte(lm_b)} if with_bpb else None)
     report = behaviour_report(losses_a, losses_b, store_a, lm_a.name, lm_b.name, bpb,
                               n_boot, seed)
     return dataclasses.replace(report, bits_per_byte_slice=HELD_OUT_SLICE) if with_bpb else report
