@@ -22,6 +22,14 @@ from lensbias.errors import LensbiasError
 
 FORMAT = "lensbias.probe-report"
 VERSION = 2
+EXPORTED_REPLICATES = ("acc_a", "baseline", "retrained", "transfer", "aligned_transfer")
+EXPORTED_COUNT = 64
+"""A row's ``to_dict`` carries its first 64 bootstrap replicates of these accuracies (4
+decimals): the document level of the study's cluster bootstrap (``sweep.stats``), which
+needs each reading's numerator (x − baseline) and denominator (acc_a − baseline) to form
+ratios of sums. The replicates share one resampling of the test documents across a
+report's rows, and a seed draws the same resamples in every cell (same split, same
+bootstrap seed), so replicate i is one document resample wherever it appears."""
 MIN_GAIN = 0.02
 """A reading is undefined (NaN) when A beats its baseline by less than this."""
 SURVIVAL_MIN_GAIN = MIN_GAIN
@@ -241,8 +249,8 @@ class ProbeReport:
         return {"format": FORMAT, "version": VERSION, "model_a": self.model_a,
                 "model_b": self.model_b, "dataset": self.dataset,
                 "config": _jsonable(self.config),
-                "rows": [_jsonable({k: v for k, v in asdict(r).items() if k != "boot"})
-                         for r in self.rows],
+                "rows": [{**_jsonable({k: v for k, v in asdict(r).items() if k != "boot"}),
+                          **_exported_replicates(r)} for r in self.rows],
                 "by_domain": [_jsonable(asdict(a)) for a in self.by_domain],
                 "by_frequency": [_jsonable(asdict(a)) for a in self.by_frequency],
                 "skipped": _jsonable(self.skipped)}
@@ -252,7 +260,8 @@ class ProbeReport:
         if data.get("format") != FORMAT or data.get("version") != VERSION:
             raise LensbiasError(f"not a lensbias probe report version {VERSION} (format "
                                 f"{data.get('format')!r}, version {data.get('version')!r})")
-        return cls(rows=[_load(ProbeRow, r) for r in data["rows"]],
+        return cls(rows=[_load(ProbeRow, {k: v for k, v in r.items() if k != "replicates"})
+                         for r in data["rows"]],
                    by_domain=[_load(ReadingAggregate, a) for a in data["by_domain"]],
                    by_frequency=[_load(Aggregate, a) for a in data["by_frequency"]],
                    skipped=list(data.get("skipped", [])), config=dict(data.get("config", {})),
@@ -453,6 +462,16 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (float, np.floating)):
         return float(obj) if math.isfinite(obj) else None
     return obj
+
+
+def _exported_replicates(row: ProbeRow) -> dict[str, Any]:
+    """``{"replicates": {reading: [...]}}`` for ``to_dict`` (empty without replicates)."""
+    boot = row.boot or {}
+    if not all(k in boot for k in EXPORTED_REPLICATES):
+        return {}
+    return {"replicates": {k: [None if not math.isfinite(x) else round(float(x), 4)
+                               for x in np.asarray(boot[k])[:EXPORTED_COUNT]]
+                           for k in EXPORTED_REPLICATES}}
 
 
 def _load(kind: type, data: dict[str, Any]) -> Any:

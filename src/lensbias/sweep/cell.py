@@ -53,9 +53,7 @@ def cell_rows(cell: Cell, summary: dict[str, Any], seconds: float | None = None
     for g in (summary.get("geometry") or {}).get("rows", []):
         if g.get("domain") == "all":
             geometry[(g["hook"], g["model"])] = g
-    bpb = ((summary.get("behaviour") or {}).get("bits_per_byte")) or {}
-    behaviour = {f"bpb_{m.lower()}_{d}": (bpb.get(m) or {}).get(d)
-                 for m in ("A", "B") for d in ("code", "prose")}
+    behaviour = _behaviour_fields(summary.get("behaviour") or {})
     rows = []
     for p in (summary.get("probes") or {}).get("rows", []):
         ci = p.get("survival_ci") or [None, None]
@@ -67,7 +65,8 @@ def cell_rows(cell: Cell, summary: dict[str, Any], seconds: float | None = None
                **{k: p.get(k) for k in ("token_id", "embed", "floor", "context_gain", "kind",
                                         "baseline", "aligned_transfer", "information",
                                         "readout", "aligned_readout", "n_test",
-                                        "underpowered")}}
+                                        "underpowered")},
+               "replicates": p.get("replicates")}
         a, b = geometry.get((p["hook"], "A"), {}), geometry.get((p["hook"], "B"), {})
         for metric in GEOMETRY_METRICS:
             va, vb = a.get(metric), b.get(metric)
@@ -77,3 +76,18 @@ def cell_rows(cell: Cell, summary: dict[str, Any], seconds: float | None = None
         row["cell_seconds"] = seconds
         rows.append(row)
     return rows
+
+
+def _behaviour_fields(behaviour: dict[str, Any]) -> dict[str, Any]:
+    """A cell's behaviour as flat row fields: bits/byte of A and B (causal models) and, for
+    encoders, embedding fidelity per held-out domain (``emb_cos_<d>``: mean cosine of A's and
+    B's sentence embeddings; ``emb_nn_<d>``: retrieval agreement)."""
+    bpb = behaviour.get("bits_per_byte") or {}
+    out = {f"bpb_{m.lower()}_{d}": (bpb.get(m) or {}).get(d)
+           for m in ("A", "B") for d in ("code", "prose")}
+    emb = behaviour.get("by_domain") if behaviour.get("kind") == "embedding" else None
+    for d in ("code", "prose"):
+        f = (emb or {}).get(d) or {}
+        out[f"emb_cos_{d}"] = f.get("cosine_mean")
+        out[f"emb_nn_{d}"] = f.get("retrieval_agreement")
+    return out
