@@ -35,8 +35,10 @@ def sweep(config: Path, out: Path, jobs: int, executor: str, address: str | None
     Each cell (model × method × level × calibration domain × seed) adds its rows
     (concept × layer) to OUT/results.jsonl when it finishes; a rerun skips finished cells,
     so a killed sweep loses at most the cells in flight. At the end OUT/analysis.json holds
-    the calibration × concept domain interaction, phase curves with collapse levels, and
-    anisotropy change vs survival loss; the interaction table is printed.
+    the calibration × concept domain interaction (per reading: information, readout, aligned
+    readout; with a seed-level t interval, a cluster bootstrap and a mixed model, Holm-
+    corrected), phase curves with collapse levels, and anisotropy change vs survival loss;
+    the interaction table is printed.
 
     \b
     Examples:
@@ -50,7 +52,8 @@ def sweep(config: Path, out: Path, jobs: int, executor: str, address: str | None
     import os
 
     from lensbias.cli.threads import set_threads
-    from lensbias.sweep.analysis import analyse, interaction_table
+    from lensbias.sweep.analysis import analyse
+    from lensbias.sweep.stats import inversion_table
     from lensbias.sweep.config import cells, load_sweep_config
     from lensbias.sweep.run import read_results, run_sweep
 
@@ -73,7 +76,7 @@ def sweep(config: Path, out: Path, jobs: int, executor: str, address: str | None
     tmp.write_text(json.dumps(result, indent=1, allow_nan=False))
     os.replace(tmp, target)
     if not quiet:
-        click.echo(interaction_table(result))
+        click.echo(inversion_table(result["inversion"]))
         for curve in result["phase_curves"]["curves"]:
             if curve["collapse_level"] is not None:
                 click.echo(f"collapse: {curve['method']} calib={curve['calib']} "

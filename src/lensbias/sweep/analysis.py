@@ -203,7 +203,10 @@ def _ranks(v: np.ndarray) -> np.ndarray:
 def anisotropy_vs_loss(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Spearman rho across cells: change in anisotropy (B − A) vs survival loss (1 − survival).
 
-    Returns ``{"rho", "n_cells", "by_method": {method: {rho, n_cells}}, "points": [{cell_id,
+    ``by_level`` holds the level fixed (per model, method and level, across calibration
+    corpora and seeds): across levels, rho mostly measures that harder compression changes
+    both. Returns ``{"rho", "n_cells", "by_method": {method: {rho, n_cells}}, "by_level":
+    [{model, method, level, rho, n_cells}], "points": [{cell_id,
     method, level, calib, seed, d_anisotropy, survival_loss}]}``.
     """
     per_cell: dict[str, dict[str, Any]] = {}
@@ -228,9 +231,17 @@ def anisotropy_vs_loss(rows: list[dict[str, Any]]) -> dict[str, Any]:
         by_method[method] = {"rho": spearman([p["d_anisotropy"] for p in pts],
                                              [p["survival_loss"] for p in pts]),
                              "n_cells": len(pts)}
+    by_level: list[dict[str, Any]] = []  # the study's comparison holds the level fixed
+    for key in sorted({(p["model"], p["method"], p["level"]) for p in points}, key=_gkey):
+        pts = [p for p in points if (p["model"], p["method"], p["level"]) == key]
+        by_level.append({"model": key[0], "method": key[1], "level": key[2],
+                         "rho": spearman([p["d_anisotropy"] for p in pts],
+                                         [p["survival_loss"] for p in pts]),
+                         "n_cells": len(pts)})
     return {"rho": spearman([p["d_anisotropy"] for p in points],
                             [p["survival_loss"] for p in points]),
-            "n_cells": len(points), "by_method": by_method, "points": points}
+            "n_cells": len(points), "by_method": by_method, "by_level": by_level,
+            "points": points}
 
 
 def model_view(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0,
@@ -296,9 +307,16 @@ def _boot_mean(items: list[tuple[Any, str, float]], n_boot: int, rng: np.random.
     return point, [float(np.percentile(reps, tail)), float(np.percentile(reps, 100 - tail))]
 
 
-def analyse(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Interaction, phase curves, anisotropy vs loss and the model view for one table."""
+def analyse(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0,
+            study_boot: int = 2000, study_max_boot: int = 32000) -> dict[str, Any]:
+    """The study's interactions (``inversion``: ``sweep.stats``, three readings, three
+    intervals), the per-row readout interaction of the first study (``interaction``), phase
+    curves, anisotropy vs loss and the model view for one table."""
+    from lensbias.sweep.stats import inversion
+
     return {"n_rows": len(rows), "n_cells": len({r["cell_id"] for r in rows}),
+            "inversion": inversion(rows, n_boot=study_boot, max_boot=study_max_boot,
+                                   kinds=("contextual", "token identity")),
             "interaction": interaction(rows, n_boot=n_boot, seed=seed),
             "phase_curves": phase_curves(rows),
             "anisotropy_vs_loss": anisotropy_vs_loss(rows),

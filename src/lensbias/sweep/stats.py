@@ -1,0 +1,419 @@
+"""Sweeps, part 3b: the inversion study's statistics (issue 14). Plain functions over rows.
+
+The question: does calibrating on a domain protect that domain's concepts? Per model, hook,
+concept kind, reading and method × level, the interaction
+
+    I = [S(code | code calib) − S(code | prose calib)] − [S(prose | code calib) − S(prose | prose calib)]
+
+where ``S(d | c)`` is a **ratio of sums** over the rows of concept domain d calibrated on a
+corpus of domain c: Σ (x − baseline) / Σ (acc_A − baseline), with x the reading's accuracy on
+B (``retrained`` for information, ``transfer`` for readout, ``aligned_transfer`` for the
+aligned readout). That is the same aggregate survival v2 reports per diff
+(``probes.report.aggregate_readings``); per-row ratios are not averaged, because a concept
+that beats its floor by 0.02 turns test noise of ±0.01 into a ratio of ±0.5.
+
+Rows enter when their calibration corpus has a domain (code or prose; ``mixed`` and user
+files do not), their concept domain is code or prose, their kind is the one analysed
+(``contextual`` by default: A's gain over its floors has a lower bound above zero; token-
+identity rows are measured against majority) and they are not under-powered.
+
+Three intervals, each resampling what varies:
+
+- ``seed_t``: the interaction computed within each seed, then a t interval over seeds
+  (n − 1 degrees of freedom).
+- ``bootstrap``: a cluster bootstrap. Each resample draws seeds; within each calibration
+  domain, calibration corpora; within each concept domain, concept groups
+  (``concepts.groups``) and then concepts within each drawn group; and, per drawn seed,
+  one of the diff's own bootstrap resamples of the test documents (the rows' exported
+  replicates: replicate i is the same document resample in every cell of a seed). A seed,
+  group or corpus drawn k times counts k times; its document resample is drawn once per
+  resample. The resample count is doubled (from ``n_boot``, up to ``max_boot``) until each
+  bound moves by less than ``tolerance`` across ``n_rng`` bootstrap RNG seeds; the spread
+  reached is reported either way.
+- ``mixed``: a linear mixed model (statsmodels ``MixedLM``, REML) of each row's own reading
+  (x − baseline) / (acc_A − baseline): each concept weighs the same here, where the ratio
+  of sums weighs concepts by their gain, so the model is also the alternative weighting.
+  Fixed effects calib_is_code × concept_is_code (the interaction coefficient is I for
+  that weighting); crossed random effects for seed, concept, calibration corpus, cell
+  (corpus × seed), each concept's sensitivity to the calibration domain and each corpus's
+  effect on each concept domain. Wald interval and p; Holm's correction across the
+  method × level rows of one (model, hook, kind, reading). A row near its floor has a
+  noisy ratio, which widens this interval rather than biasing it.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from lensbias.concepts.groups import concept_group
+
+DOMAINS = ("code", "prose")
+READINGS = {"information": "retrained", "readout": "transfer",
+            "aligned_readout": "aligned_transfer"}
+"""Reading → the accuracy on B it is built from."""
+KINDS = ("contextual", "token identity")
+CONFIDENCE = 0.95
+TOLERANCE = 0.01
+"""Largest allowed move of an interval bound across bootstrap RNG seeds."""
+
+
+def _num(x: Any) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return math.nan
+    return float(x)
+
+
+def row_calib_domain(row: dict[str, Any]) -> str | None:
+    """The calibration corpus's domain (``calib_domain`` field; else the calib itself when it
+    is ``code`` or ``prose``)."""
+    dom = row.get("calib_domain")
+    if dom is None and row.get("calib") in DOMAINS:
+        dom = row["calib"]
+    return dom if dom in DOMAINS else None
+
+
+def method_key(row: dict[str, Any]) -> str:
+    targets = row.get("targets")
+    return row["method"] if targets in (None, "attn+mlp") else f"{row['method']}@{targets}"
+
+
+class Design:
+    """The entering rows of one (model, hook, kind, method, level) as arrays."""
+
+    def __init__(self, rows: list[dict[str, Any]], reading: str):
+        key = READINGS[reading]
+        self.rows = rows
+        self.seeds = sorted({r["seed"] for r in rows}, key=str)
+        self.corpora = sorted({str(r["calib"]) for r in rows})
+        self.concepts = sorted({str(r["concept"]) for r in rows})
+        self.groups = sorted({concept_group(c) for c in self.concepts})
+        ix = {s: i for i, s in enumerate(self.seeds)}
+        self.s = np.array([ix[r["seed"]] for r in rows])
+        self.k = np.array([self.corpora.index(str(r["calib"])) for r in rows])
+        self.j = np.array([self.concepts.index(str(r["concept"])) for r in rows])
+        self.g = np.array([self.groups.index(concept_group(str(r["concept"]))) for r in rows])
+        self.cal = np.array([DOMAINS.index(row_calib_domain(r)) for r in rows])
+        self.dom = np.array([DOMAINS.index(r["concept_domain"]) for r in rows])
+        base = np.array([_num(r.get("baseline")) for r in rows])
+        self.num = np.array([_num(r.get(key)) for r in rows]) - base
+        self.den = np.array([_num(r.get("acc_a")) for r in rows]) - base
+        self.corpus_domain = np.zeros(len(self.corpora), int)
+        self.corpus_domain[self.k] = self.cal
+        self.concept_domain = np.zeros(len(self.concepts), int)
+        self.concept_domain[self.j] = self.dom
+        self.group_domain = np.zeros(len(self.groups), int)
+        self.group_domain[self.g] = self.dom
+        self.concept_group = np.zeros(len(self.concepts), int)
+        self.concept_group[self.j] = self.g
+        # document replicates: [rows, R]; a row without them repeats its point value
+        n_rep = max((len((r.get("replicates") or {}).get("acc_a") or ()) for r in rows),
+                    default=0)
+        self.n_rep = max(n_rep, 1)
+        self.rep_num = np.repeat(self.num[:, None], self.n_rep, axis=1)
+        self.rep_den = np.repeat(self.den[:, None], self.n_rep, axis=1)
+        for i, r in enumerate(rows):
+            rep = r.get("replicates") or {}
+            if not n_rep or not all(len(rep.get(f) or ()) == n_rep
+                                    for f in ("acc_a", "baseline", key)):
+                continue
+            b = np.array([_num(v) for v in rep["baseline"]])
+            x = np.array([_num(v) for v in rep[key]]) - b
+            a = np.array([_num(v) for v in rep["acc_a"]]) - b
+            ok = np.isfinite(x) & np.isfinite(a)
+            self.rep_num[i, ok], self.rep_den[i, ok] = x[ok], a[ok]
+
+    def cells(self, weights: np.ndarray, num: np.ndarray, den: np.ndarray) -> dict[str, Any]:
+        """S(d|c) for weights ``[B, rows]`` and values ``[B, rows]`` (or ``[rows]``)."""
+        out = {}
+        for d in range(2):
+            for c in range(2):
+                m = (self.dom == d) & (self.cal == c)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    out[f"{DOMAINS[d]}|{DOMAINS[c]}"] = ((weights[..., m] * num[..., m]).sum(-1)
+                                                         / (weights[..., m] * den[..., m]).sum(-1))
+        return out
+
+    def point(self, mask: np.ndarray | None = None) -> tuple[float, dict[str, float]]:
+        w = np.ones(len(self.rows)) if mask is None else mask.astype(float)
+        means = {k: float(v) for k, v in self.cells(w, self.num, self.den).items()}
+        return float(contrast(means)), means
+
+
+def contrast(m: dict[str, Any]) -> Any:
+    """I = [S(code|code) − S(code|prose)] − [S(prose|code) − S(prose|prose)]."""
+    return (m["code|code"] - m["code|prose"]) - (m["prose|code"] - m["prose|prose"])
+
+
+def complete(design: Design) -> bool:
+    """All four (concept domain, calibration domain) combinations have rows."""
+    return all(((design.dom == d) & (design.cal == c)).any() for d in range(2) for c in range(2))
+
+
+def seed_t(design: Design, confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """The interaction per seed and a t interval over seeds."""
+    from scipy import stats
+
+    per = []
+    for i, seed in enumerate(design.seeds):
+        m = design.s == i
+        if all(((design.dom == d) & (design.cal == c) & m).any()
+               for d in range(2) for c in range(2)):
+            value, _ = design.point(m)
+            if math.isfinite(value):
+                per.append((seed, value))
+    values = np.array([v for _, v in per])
+    out: dict[str, Any] = {"n": len(values), "per_seed": {str(s): v for s, v in per},
+                           "mean": float(values.mean()) if len(values) else None,
+                           "ci": None, "p": None}
+    if len(values) >= 2:
+        sd = float(values.std(ddof=1))
+        se = sd / math.sqrt(len(values))
+        q = float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1))
+        out["ci"] = [out["mean"] - q * se, out["mean"] + q * se]
+        out["sd"] = sd
+        out["p"] = (float(2 * stats.t.sf(abs(out["mean"]) / se, len(values) - 1))
+                    if se > 0 else (0.0 if out["mean"] != 0 else 1.0))
+    return out
+
+
+def _within(rng: np.random.Generator, members: list[np.ndarray], size: int, n: int
+            ) -> np.ndarray:
+    """``[n, size]`` draw counts: each member list (indices into size) resampled within itself."""
+    counts = np.zeros((n, size))
+    rows = np.arange(n)[:, None]
+    for idx in members:
+        if len(idx):
+            np.add.at(counts, (rows, idx[rng.integers(0, len(idx), (n, len(idx)))]), 1)
+    return counts
+
+
+def bootstrap_replicates(design: Design, n_boot: int, rng_seed: int,
+                         block: int = 512) -> np.ndarray:
+    """``[n_boot]`` cluster-bootstrap replicates of the interaction (NaN: undefined)."""
+    rng = np.random.default_rng([rng_seed, 14])
+    out = np.empty(n_boot)
+    corp = [np.flatnonzero(design.corpus_domain == c) for c in range(2)]
+    grps = [np.flatnonzero(design.group_domain == d) for d in range(2)]
+    in_group = [np.flatnonzero(design.concept_group == g) for g in range(len(design.groups))]
+    for start in range(0, n_boot, block):
+        n = min(block, n_boot - start)
+        ws = _within(rng, [np.arange(len(design.seeds))], len(design.seeds), n)
+        wk = _within(rng, corp, len(design.corpora), n)
+        wg = _within(rng, grps, len(design.groups), n)
+        wj = _within(rng, in_group, len(design.concepts), n)
+        doc = rng.integers(0, design.n_rep, (n, len(design.seeds)))
+        w = ws[:, design.s] * wk[:, design.k] * wg[:, design.g] * wj[:, design.j]
+        pick = doc[:, design.s]  # [n, rows]: the drawn document resample per row's seed
+        rows = np.arange(len(design.rows))[None, :]
+        num, den = design.rep_num[rows, pick], design.rep_den[rows, pick]
+        out[start:start + n] = contrast(design.cells(w, num, den))
+    return out
+
+
+def stable_bootstrap(design: Design, n_boot: int = 2000, max_boot: int = 32000,
+                     n_rng: int = 10, tolerance: float = TOLERANCE,
+                     confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """Percentile interval of the cluster bootstrap, with the resample count raised until
+    each bound moves by less than ``tolerance`` across ``n_rng`` RNG seeds."""
+    alpha = (1 - confidence) / 2
+    while True:
+        bounds = []
+        for rng_seed in range(n_rng):
+            reps = bootstrap_replicates(design, n_boot, rng_seed)
+            reps = reps[np.isfinite(reps)]
+            bounds.append([float(np.quantile(reps, alpha)), float(np.quantile(reps, 1 - alpha))]
+                          if len(reps) else [math.nan, math.nan])
+        b = np.array(bounds)
+        spread = float(np.max(b.max(axis=0) - b.min(axis=0))) if np.isfinite(b).all() \
+            else math.nan
+        if (math.isfinite(spread) and spread < tolerance) or n_boot * 2 > max_boot \
+                or not math.isfinite(spread):
+            break
+        n_boot *= 2
+    return {"ci": bounds[0] if np.isfinite(b).all() else None, "n_boot": n_boot,
+            "n_rng": n_rng, "rng_spread": spread if math.isfinite(spread) else None,
+            "stable": bool(math.isfinite(spread) and spread < tolerance),
+            "tolerance": tolerance}
+
+
+VARIANCE_COMPONENTS = {"seed": "0 + C(seed)", "concept": "0 + C(concept)",
+                       "corpus": "0 + C(corpus)", "cell": "0 + C(cell)",
+                       "concept_x_calib": "0 + C(concept):xc",
+                       "corpus_x_domain": "0 + C(corpus):xd"}
+
+
+def mixed_model(design: Design, confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """MixedLM of the kept gain with crossed random effects; the interaction coefficient."""
+    try:
+        import pandas as pd
+        import statsmodels.formula.api as smf
+    except ImportError:
+        return {"error": "statsmodels is not installed (pip install 'lensbias[study]')"}
+    frame = pd.DataFrame({
+        "y": design.num / design.den,
+        "xc": (design.cal == 0).astype(float), "xd": (design.dom == 0).astype(float),
+        "seed": design.s.astype(str), "concept": design.j.astype(str),
+        "corpus": design.k.astype(str),
+        "cell": [f"{k}:{s}" for k, s in zip(design.k, design.s)], "one": 1})
+    vc = {name: f for name, f in VARIANCE_COMPONENTS.items()
+          if not (name == "seed" and len(design.seeds) < 2)}
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = smf.mixedlm("y ~ xc * xd", frame, groups="one", vc_formula=vc, re_formula="0")
+            fit = model.fit(reml=True, method=["lbfgs"])
+    except Exception as err:  # singular designs, too few levels: reported, not raised
+        return {"error": f"{type(err).__name__}: {err}"}
+    est, se = float(fit.fe_params["xc:xd"]), float(fit.bse_fe["xc:xd"])
+    z = 1.959963984540054 if confidence == 0.95 else _z(confidence)
+    from scipy import stats
+
+    p = float(2 * stats.norm.sf(abs(est) / se)) if se > 0 else None
+    names = list(vc)
+    return {"estimate": est, "se": se, "ci": [est - z * se, est + z * se], "p": p,
+            "converged": bool(fit.converged),
+            "warnings": sorted({str(w.message).split(".")[0] for w in caught})[:4],
+            "variance": {n: float(v) for n, v in zip(names, np.atleast_1d(fit.vcomp))},
+            "residual_variance": float(fit.scale), "n_rows": int(len(frame))}
+
+
+def _z(confidence: float) -> float:
+    from scipy import stats
+
+    return float(stats.norm.ppf(0.5 + confidence / 2))
+
+
+def holm(pvalues: list[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values (None stays None; monotone, capped at 1)."""
+    idx = [i for i, p in enumerate(pvalues) if p is not None and math.isfinite(p)]
+    order = sorted(idx, key=lambda i: pvalues[i])
+    out: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * float(pvalues[i])))
+        out[i] = running
+    return out
+
+
+def entering(rows: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """Rows that enter the interaction (see the module docstring)."""
+    out = []
+    for r in rows:
+        if row_calib_domain(r) is None or r.get("concept_domain") not in DOMAINS:
+            continue
+        if r.get("kind") != kind or r.get("underpowered"):
+            continue
+        if not all(math.isfinite(_num(r.get(f))) for f in ("acc_a", "baseline", "information",
+                                                            "readout", "aligned_readout")):
+            continue
+        out.append(r)
+    return out
+
+
+def inversion(rows: list[dict[str, Any]], n_boot: int = 2000, max_boot: int = 32000,
+              n_rng: int = 10, kinds: tuple[str, ...] = ("contextual",),
+              readings: tuple[str, ...] = tuple(READINGS), mixed: bool = True,
+              confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """Every (model, hook, kind, reading, method, level)'s interaction with its three
+    intervals; Holm-adjusted mixed-model p-values. Returns ``{"definition", "confidence",
+    "rows": [...]}``; see the module docstring."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for kind in kinds:
+        for r in entering(rows, kind):
+            groups[(str(r.get("model")), str(r.get("hook")), kind, method_key(r),
+                    r.get("param"), r["level"])].append(r)
+    out = []
+    for key in sorted(groups, key=lambda k: tuple(str(x) if not isinstance(x, (int, float))
+                                                  else f"{x:012.4f}" for x in k)):
+        model, hook, kind, method, param, level = key
+        for reading in readings:
+            design = Design(groups[key], reading)
+            row: dict[str, Any] = {
+                "model": model, "hook": hook, "kind": kind, "reading": reading,
+                "method": method, "param": param, "level": level,
+                "n_rows": len(design.rows), "n_seeds": len(design.seeds),
+                "n_corpora": {d: int((design.corpus_domain == i).sum())
+                              for i, d in enumerate(DOMAINS)},
+                "n_concepts": {d: int((design.concept_domain == i).sum())
+                               for i, d in enumerate(DOMAINS)},
+                "n_groups": {d: int((design.group_domain == i).sum())
+                             for i, d in enumerate(DOMAINS)},
+                "n_document_replicates": design.n_rep}
+            if not complete(design):
+                out.append({**row, "interaction": None, "means": None, "seed_t": None,
+                            "bootstrap": None, "mixed": None})
+                continue
+            value, means = design.point()
+            row.update(interaction=value, means=means, seed_t=seed_t(design, confidence),
+                       bootstrap=stable_bootstrap(design, n_boot, max_boot, n_rng,
+                                                  confidence=confidence),
+                       mixed=mixed_model(design, confidence) if mixed else None)
+            out.append(row)
+    family: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for r in out:
+        family[(r["model"], r["hook"], r["kind"], r["reading"])].append(r)
+    for members in family.values():
+        ps = [(m.get("mixed") or {}).get("p") for m in members]
+        for m, adj in zip(members, holm(ps)):
+            if m.get("mixed") and "estimate" in m["mixed"]:
+                m["mixed"]["p_holm"] = adj
+    return _clean({"definition": "[S(code|code calib) - S(code|prose calib)] - "
+                          "[S(prose|code calib) - S(prose|prose calib)], S a ratio of sums "
+                          "(x - baseline) / (acc_A - baseline)",
+            "confidence": confidence, "tolerance": TOLERANCE, "rows": out})
+
+
+def _clean(x: Any) -> Any:
+    """JSON-ready: non-finite floats → None, numpy scalars → Python."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def inversion_table(result: dict[str, Any]) -> str:
+    """The interactions as a text table (what ``lensbias sweep`` prints)."""
+    rows = [r for r in result["rows"]]
+    if not rows:
+        return ("No interaction: it needs calibration corpora of both domains and powered "
+                "concepts of both domains at some method and level.")
+
+    def ci(x: Any) -> str:
+        return "–" if not x else f"[{x[0]:+.3f}, {x[1]:+.3f}]"
+
+    lines = []
+    head = (f"{'reading':<16} {'method':<12} {'level':>6} {'I':>7}  {'seed t':<17} "
+            f"{'cluster boot':<17} {'mixed model':<17} {'p Holm':>7}")
+    for (model, hook, kind), members in _by(rows, ("model", "hook", "kind")).items():
+        lines.append(f"{model} at {hook}, {kind} concepts")
+        lines.append(head)
+        for r in members:
+            mix = r.get("mixed") or {}
+            val = "–" if r.get("interaction") is None else f"{r['interaction']:+.3f}"
+            p = mix.get("p_holm")
+            lines.append(f"{r['reading']:<16} {r['method']:<12} {r['level']!s:>6} {val:>7}  "
+                         f"{ci((r.get('seed_t') or {}).get('ci')):<17} "
+                         f"{ci((r.get('bootstrap') or {}).get('ci')):<17} "
+                         f"{ci(mix.get('ci')):<17} "
+                         f"{'–' if p is None else f'{p:.3f}':>7}")
+        lines.append("")
+    lines.append("I = [S(code|code calib) - S(code|prose calib)] - [S(prose|code calib) - "
+                 "S(prose|prose calib)]; > 0: each calibration domain protects its own concepts")
+    return "\n".join(lines)
+
+
+def _by(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[tuple[Any, ...], list]:
+    out: dict[tuple[Any, ...], list] = {}
+    for r in rows:
+        out.setdefault(tuple(r[k] for k in keys), []).append(r)
+    return out

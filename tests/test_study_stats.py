@@ -1,0 +1,137 @@
+"""The inversion study's statistics (lensbias.sweep.stats) against planted truth."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from lensbias.sweep.stats import (Design, entering, holm, inversion, inversion_table,
+                                  stable_bootstrap)
+
+CONCEPTS = {"code": ["token_kind", "nesting_depth", "bracket_depth", "identifier_role"],
+            "prose": ["upos", "deprel", "subj_obj", "Number", "Person", "VerbForm"]}
+
+
+def synth(effect: float = 0.1, n_seeds: int = 5, n_corpora: int = 4, seed: int = 0,
+          n_rep: int = 32, doc_noise: float = 0.005, kind: str = "contextual"):
+    """Rows of a balanced grid whose survival S = 0.8 ± effect/4 (+ corpus, concept, seed and
+    cell noise), so the true interaction is ``effect``. Gains differ per concept."""
+    rng = np.random.default_rng(seed)
+    corpora = ([(f"corpus:c{i}", "code") for i in range(n_corpora)]
+               + [(f"corpus:p{i}", "prose") for i in range(n_corpora)])
+    c_eff = {c: rng.normal(0, 0.03) for d in CONCEPTS for c in CONCEPTS[d]}
+    gain = {c: rng.uniform(0.05, 0.3) for d in CONCEPTS for c in CONCEPTS[d]}
+    k_eff = {k: rng.normal(0, 0.02) for k, _ in corpora}
+    rows = []
+    for s in range(n_seeds):
+        s_eff = rng.normal(0, 0.02)
+        for k, kd in corpora:
+            cell = rng.normal(0, 0.01)
+            for d, names in CONCEPTS.items():
+                for c in names:
+                    surv = (0.8 + (effect / 4 if kd == d else -effect / 4) + c_eff[c]
+                            + k_eff[k] + s_eff + cell + rng.normal(0, 0.01))
+                    base = 0.5
+                    acc_a = base + gain[c]
+                    x = base + gain[c] * surv
+                    rep = {"acc_a": list(acc_a + rng.normal(0, doc_noise, n_rep)),
+                           "baseline": [base] * n_rep}
+                    for f in ("retrained", "transfer", "aligned_transfer"):
+                        rep[f] = list(x + rng.normal(0, doc_noise, n_rep))
+                    rows.append(dict(
+                        model="m", hook="h", method="wanda", param="sparsity", level=0.5,
+                        calib=k, calib_domain=kd, seed=s, concept=c, concept_domain=d,
+                        kind=kind, underpowered=False, acc_a=acc_a, baseline=base,
+                        retrained=x, transfer=x, aligned_transfer=x, information=surv,
+                        readout=surv, aligned_readout=surv, replicates=rep))
+    return rows
+
+
+def test_planted_interaction_is_recovered_by_all_three_intervals():
+    res = inversion(synth(effect=0.1), n_boot=500, max_boot=2000, n_rng=3)
+    rows = res["rows"]
+    assert {r["reading"] for r in rows} == {"information", "readout", "aligned_readout"}
+    for r in rows:
+        assert r["interaction"] == pytest.approx(0.1, abs=0.02)
+        for ci in (r["seed_t"]["ci"], r["bootstrap"]["ci"], r["mixed"]["ci"]):
+            assert ci[0] < 0.1 < ci[1] and ci[0] > 0  # finite, ordered, excludes zero
+        assert r["mixed"]["estimate"] == pytest.approx(0.1, abs=0.01)  # equal weights
+        assert r["mixed"]["p_holm"] >= r["mixed"]["p"]
+        assert r["n_corpora"] == {"code": 4, "prose": 4} and r["n_seeds"] == 5
+        assert r["n_groups"] == {"code": 3, "prose": 2}
+    assert "wanda" in inversion_table(res)
+
+
+def test_null_interaction_is_not_claimed():
+    res = inversion(synth(effect=0.0, seed=3), n_boot=500, max_boot=2000, n_rng=3,
+                    readings=("readout",))
+    r = res["rows"][0]
+    assert abs(r["interaction"]) < 0.03
+    for ci in (r["bootstrap"]["ci"], r["mixed"]["ci"]):
+        assert ci[0] < 0 < ci[1]
+
+
+def test_interaction_is_a_ratio_of_sums():
+    """S(d|c) = Σ(x − base) / Σ(acc_a − base), not the mean of per-row ratios."""
+    rows = []
+    for d in ("code", "prose"):
+        for c in ("code", "prose"):
+            for concept, gain, kept in ((f"{d}1", 0.02, 0.0), (f"{d}2", 0.3, 1.0)):
+                x = 0.5 + gain * (kept if d == c else 1.0)
+                rows.append(dict(model="m", hook="h", method="w", param="s", level=1,
+                                 calib=c, calib_domain=c, seed=0, concept=concept,
+                                 concept_domain=d, kind="contextual", underpowered=False,
+                                 acc_a=0.5 + gain, baseline=0.5, retrained=x, transfer=x,
+                                 aligned_transfer=x, information=1, readout=1,
+                                 aligned_readout=1))
+    value, means = Design(rows, "readout").point()
+    assert means["code|code"] == pytest.approx(0.3 / 0.32)  # a mean of ratios would say 0.5
+    assert means["code|prose"] == pytest.approx(1.0)
+    assert value == pytest.approx(2 * (0.3 / 0.32 - 1.0))
+
+
+def test_holm_step_down():
+    adjusted = holm([0.01, 0.04, 0.03, None])
+    assert adjusted[:3] == pytest.approx([0.03, 0.06, 0.06]) and adjusted[3] is None
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_bootstrap_raises_resamples_until_bounds_are_stable():
+    d = Design(synth(n_seeds=3), "readout")
+    loose = stable_bootstrap(d, n_boot=200, max_boot=800, n_rng=4, tolerance=1.0)
+    assert loose["stable"] and loose["n_boot"] == 200
+    tight = stable_bootstrap(d, n_boot=200, max_boot=800, n_rng=4, tolerance=1e-6)
+    assert not tight["stable"] and tight["n_boot"] == 800 and tight["rng_spread"] > 1e-6
+
+
+def test_document_replicates_widen_the_bootstrap():
+    quiet = Design(synth(doc_noise=0.0, seed=1), "readout")
+    noisy = Design(synth(doc_noise=0.05, seed=1), "readout")
+    w = [np.diff(stable_bootstrap(x, 400, 400, n_rng=1)["ci"])[0] for x in (quiet, noisy)]
+    assert w[1] > 1.5 * w[0]
+
+
+def test_rows_that_do_not_enter():
+    rows = synth(n_seeds=2, n_corpora=1)
+    rows[0] = {**rows[0], "kind": "token identity"}
+    rows[1] = {**rows[1], "underpowered": True}
+    rows[2] = {**rows[2], "calib": "mixed", "calib_domain": None}
+    rows[3] = {**rows[3], "readout": None}
+    assert len(entering(rows, "contextual")) == len(rows) - 4
+    assert len(entering(rows, "token identity")) == 1
+
+
+def test_missing_combination_gives_no_interaction():
+    rows = [r for r in synth(n_seeds=2, n_corpora=1) if r["calib_domain"] == "code"]
+    r = inversion(rows, n_boot=100, max_boot=100, n_rng=1, readings=("readout",))["rows"][0]
+    assert r["interaction"] is None and r["mixed"] is None
+
+
+def test_result_is_json_ready():
+    import json
+
+    res = inversion(synth(n_seeds=2, n_corpora=2), n_boot=100, max_boot=100, n_rng=2)
+    text = json.dumps(res, allow_nan=False)
+    assert "NaN" not in text and all(math.isfinite(r["interaction"]) for r in res["rows"])
