@@ -19,7 +19,7 @@ from typing import Any
 
 from lensbias.compress import METHODS, CalibConfig, Recipe, compress
 from lensbias.compress.base import Compressed, MatrixMethod, ModelMethod, make_method
-from lensbias.compress.calib import DOMAINS, domain_texts
+from lensbias.compress.calib import check_domain
 from lensbias.concepts.jsonl import USER_DOMAIN, with_domain
 from lensbias.concepts.registry import list_datasets, load_dataset
 from lensbias.concepts.schema import ConceptDataset
@@ -102,15 +102,11 @@ def check_recipe(recipe: Recipe) -> MatrixMethod | ModelMethod:
     """Everything about ``recipe`` that can be checked without a model, so a bad one is
     refused before models load or folders appear: the method and its options
     (``make_method``: ``wanda:1.5``, ``gptq:0``, ``sparsegpt:3:2``) and the calibration
-    domain (a built-in name or an existing file; read for text when the method uses it)."""
+    domain (a built-in name, ``corpus:NAME`` or an existing file; read for text when the
+    method uses it)."""
     method = make_method(recipe.method, recipe.params)
-    domain = recipe.calib.domain
-    if domain not in DOMAINS:
-        if method.needs_inputs:
-            domain_texts(domain)  # missing, empty or non-UTF-8 file: one line
-        elif not Path(domain).is_file():
-            raise LensbiasError(f"calibration domain {domain!r} is neither one of "
-                                f"{', '.join(DOMAINS)} nor an existing file")
+    # unknown corpus:NAME, missing file (read when the method uses it: empty, non-UTF-8)
+    check_domain(recipe.calib.domain, read=method.needs_inputs)
     return method
 
 

@@ -4,10 +4,16 @@
 with a seeded generator (same seed, same tokens); ``collect_inputs`` runs the model over
 them and accumulates what compressors need per input hook: XᵀX, Σ|x|, Σx², and the
 token and sequence counts.
+
+Besides the built-in domains, ``corpus:NAME`` names one of the 16 calibration corpora of
+``calib-corpora.jsonl.gz`` (``calib_corpora``: 8 prose, 8 code, ~60,000 characters each;
+docs/compression.md), so that the calibration corpus can vary within a domain.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +31,9 @@ from lensbias.errors import LensbiasError
 from lensbias.models import LoadedModel, adapter
 
 DOMAINS = ("code", "prose", "mixed", "c")
+CORPUS_PREFIX = "corpus:"
+"""``corpus:NAME``: one named corpus of ``calib-corpora.jsonl.gz`` (``calib_corpora``)."""
+CORPORA_FILE = "calib-corpora.jsonl.gz"
 
 
 @dataclass(frozen=True)
@@ -33,7 +42,8 @@ class CalibConfig:
 
     domain: str = "code"
     """'code' (Python stdlib, training side), 'prose' (GUM train paragraphs), 'mixed'
-    (half each), 'c' (C headers), or a path to a .txt / .jsonl(.gz) file of your own."""
+    (half each), 'c' (C headers), 'corpus:NAME' (a named corpus, ``calib_corpora``), or a
+    path to a .txt / .jsonl(.gz) file of your own."""
     n_seqs: int = 128
     """Number of calibration sequences (Wanda/SparseGPT default: 128)."""
     seq_len: int = 256
@@ -47,8 +57,62 @@ class CalibConfig:
                                 f"{self.n_seqs} and {self.seq_len}")
 
 
+@functools.lru_cache(maxsize=1)
+def _corpora() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """corpus name -> (domain, texts), in the file's order."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    for example in read_jsonl(DATA_DIR / CORPORA_FILE).examples:
+        labels = example.seq_labels
+        out.setdefault(labels["corpus"], (labels["domain"], []))[1].append(example.text)
+    return {name: (domain, tuple(texts)) for name, (domain, texts) in out.items()}
+
+
+def calib_corpora() -> dict[str, str]:
+    """The named calibration corpora (``corpus:NAME``): name -> domain ('code' or 'prose')."""
+    return {name: domain for name, (domain, _) in _corpora().items()}
+
+
+def corpus_name(domain: str) -> str | None:
+    """NAME of a ``corpus:NAME`` domain (None for any other domain); an unknown name is one
+    LensbiasError line listing the known names."""
+    if not domain.startswith(CORPUS_PREFIX):
+        return None
+    name = domain[len(CORPUS_PREFIX):]
+    known = calib_corpora()
+    if name not in known:
+        near = difflib.get_close_matches(name, list(known), n=2)
+        hint = f" (did you mean {' or '.join(CORPUS_PREFIX + n for n in near)}?)" if near else ""
+        raise LensbiasError(f"unknown calibration corpus {name!r} in {domain!r}{hint}; "
+                            f"known: {', '.join(known)}")
+    return name
+
+
+def calib_domain(calib: str) -> str | None:
+    """The domain of a calibration choice: 'code' for code, c and code corpora; 'prose' for
+    prose and prose corpora; None for mixed and user files (an unknown corpus raises)."""
+    name = corpus_name(calib)
+    if name is not None:
+        return calib_corpora()[name]
+    return {"code": "code", "c": "code", "prose": "prose"}.get(calib)
+
+
+def check_domain(domain: str, read: bool) -> None:
+    """Refuse a calibration domain that cannot be used, in one LensbiasError line: an
+    unknown corpus, or a file that is missing (``read``: or empty, or not UTF-8)."""
+    if domain in DOMAINS or corpus_name(domain) is not None:
+        return
+    if read:
+        domain_texts(domain)
+    elif not Path(domain).is_file():
+        raise LensbiasError(f"calibration domain {domain!r} is neither one of "
+                            f"{', '.join(DOMAINS)}, {CORPUS_PREFIX}NAME nor an existing file")
+
+
 def domain_texts(domain: str) -> list[str]:
-    """The documents of a calibration domain (a built-in name or a file path)."""
+    """The documents of a calibration domain (a built-in name, ``corpus:NAME`` or a file)."""
+    name = corpus_name(domain)
+    if name is not None:
+        return list(_corpora()[name][1])
     if domain == "code":
         return [e.text for e in read_jsonl(DATA_DIR / "calib-code.jsonl.gz").examples]
     if domain == "prose":
@@ -63,7 +127,7 @@ def domain_texts(domain: str) -> list[str]:
 def _user_texts(path: Path) -> list[str]:
     if not path.exists():
         raise LensbiasError(f"calibration domain {str(path)!r} is neither one of "
-                            f"{', '.join(DOMAINS)} nor an existing file")
+                            f"{', '.join(DOMAINS)}, {CORPUS_PREFIX}NAME nor an existing file")
     if path.name.endswith((".jsonl", ".jsonl.gz")):
         texts = [e.text for e in read_jsonl(path).examples]
     else:

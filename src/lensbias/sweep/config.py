@@ -203,6 +203,7 @@ def sweep_config_from_dict(raw: Any, source: str = "sweep config") -> SweepConfi
 
     models = _str_list(raw, "models", fail)
     calib = _str_list(raw, "calib", fail, default=("code", "prose"))
+    _check_corpora(calib, "calib", fail)
     datasets = _str_list(raw, "datasets", fail, default=("ud-ewt", "python-stdlib"))
     concepts = _str_list(raw, "concepts", fail, default=None)
     hooks = _str_list(raw, "hooks", fail, default=None)
@@ -242,6 +243,7 @@ def sweep_config_from_dict(raw: Any, source: str = "sweep config") -> SweepConfi
                             default=None)
         if m_calib is not None and len(set(m_calib)) != len(m_calib):
             raise fail(f"{where}.calib", "has duplicates")
+        _check_corpora(m_calib or (), f"{where}.calib", fail)
         targets = _str_list(m, "targets", lambda k, w, at=where: fail(f"{at}.{k}", w),
                             default=None)
         if targets is not None:
@@ -326,6 +328,18 @@ def _unknown(raw: dict, known: tuple[str, ...], source: str, prefix: str) -> Non
             hint = f" (did you mean {near[0]}?)" if near else ""
             raise LensbiasError(f"{source}: {prefix}{key}: unknown field{hint}; known: "
                                 f"{', '.join(known)}")
+
+
+def _check_corpora(calib: Any, key: str, fail: Any) -> None:
+    """A ``corpus:NAME`` calibration with an unknown NAME fails at load time (other values
+    pass through: built-in domains and files are checked when a cell runs)."""
+    from lensbias.compress.calib import corpus_name
+
+    for i, value in enumerate(calib):
+        try:
+            corpus_name(value)
+        except LensbiasError as err:
+            raise fail(f"{key}[{i}]", str(err)) from None
 
 
 def _is_int(x: Any) -> bool:
