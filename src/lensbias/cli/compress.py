@@ -44,7 +44,11 @@ def _layers(value: str | None) -> tuple[int, int] | None:
 @click.option("--steps", type=int, help="Distillation: optimizer steps.")
 @click.option("--temperature", type=float, help="Distillation: softmax temperature.")
 @click.option("--calib", default="code", show_default=True,
-              help="Compressor data: code, prose, mixed, c, or a .txt/.jsonl file.")
+              help="Compressor data: code, prose, mixed, c, corpus:NAME (one named corpus; "
+                   "prose: gum-academic, gum-fiction, gum-interview, gum-news, brown, "
+                   "state-union, movie-reviews, masc; code: stdlib-unittest, stdlib-tkinter, "
+                   "stdlib-asyncio, stdlib-email, site-transformers, site-sympy, c-glibc, "
+                   "c-gcc; docs/compression.md), or a .txt/.jsonl file.")
 @click.option("--calib-seqs", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--calib-len", type=click.IntRange(min=2), default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -73,6 +77,7 @@ def compress(model: str, method: str, calib: str, calib_seqs: int, calib_len: in
       lensbias compress tiny-mixed --method wanda --sparsity 0.5 --calib code --out wanda-code
       lensbias compress tiny-mixed -m gptq --bits 4 --group-size 64 --calib prose -o gptq-prose
       lensbias compress tiny-mixed -m magnitude --sparsity 0.6 --targets attn -o mag-attn
+      lensbias compress tiny-mixed -m wanda --sparsity 0.5 --calib corpus:gum-news -o wanda-news
     """
     from lensbias.compress import CalibConfig, Recipe, Targets, compress as run
     from lensbias.compress.measure import measure

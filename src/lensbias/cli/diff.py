@@ -19,7 +19,8 @@ STAGES = ("compress", "cache", "probes", "sae", "geometry", "behaviour", "report
               help="METHOD:LEVEL to compress ORIGINAL on the fly, e.g. wanda:0.5, gptq:4, "
                    "sparsegpt:2:4 [default without COMPRESSED: wanda:0.5].")
 @click.option("--calib", default="code", show_default=True,
-              help="Compressor data for --compress: code, prose, mixed, c, or a file.")
+              help="Compressor data for --compress: code, prose, mixed, c, corpus:NAME (a "
+                   "named corpus, listed by lensbias compress --help), or a file.")
 @click.option("--dataset", "-d", "datasets", multiple=True,
               help="Concept dataset, repeatable [default: ud-ewt and python-stdlib].")
 @click.option("--domain", default="user", show_default=True,
