@@ -234,9 +234,10 @@ CLITICS = ("s", "re", "ve", "ll", "d", "m")
 def detokenize(tokens: Sequence[str]) -> str:
     """Tokens back to running text, by a fixed rule: join with single spaces, except no
     space before ``. , ; : ! ? ) ] } % ... ' '' ’ ” n't`` and the clitics ``'s 're 've 'll
-    'd 'm`` (straight or curly apostrophe), and none after ``( [ { $ # `` “ ‘``. Brown's
-    ``\\`\\``` and ``''`` become ``"``; a straight ``"`` token opens and closes in turn
-    (within one call: a paragraph or a line)."""
+    'd 'm`` (straight or curly apostrophe), and none after ``( [ { $ #`` and Brown's
+    opening quote (two backticks) or ``“ ‘``. Brown's two quote tokens (two backticks, two
+    apostrophes) become ``"``; a straight ``"`` token opens and closes in turn (within one
+    call: a paragraph or a line)."""
     out: list[str] = []
     glue_next = True  # no space before the first token
     quote_open = False
