@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lensbias.compress import CalibConfig, Recipe, Targets
+from lensbias.compress.calib import calib_domain
 from lensbias.diff import DiffConfig, run_diff
 from lensbias.sweep.config import Cell, SweepConfig
 
@@ -47,7 +48,8 @@ def cell_rows(cell: Cell, summary: dict[str, Any], seconds: float | None = None
     """One row per concept × layer of a cell's ``summary.json`` (``SurvivalResult.to_dict()``)."""
     base = {"cell_id": cell.id, "cell_index": cell.index, "model": cell.model,
             "method": cell.method, "param": cell.param, "level": cell.level,
-            "params": dict(cell.params), "calib": cell.calib, "seed": cell.seed,
+            "params": dict(cell.params), "calib": cell.calib,
+            "calib_domain": calib_domain(cell.calib), "seed": cell.seed,
             "targets": "+".join(cell.targets) if cell.targets is not None else "attn+mlp"}
     geometry: dict[tuple[str, str], dict[str, Any]] = {}
     for g in (summary.get("geometry") or {}).get("rows", []):
