@@ -4,6 +4,7 @@ and the analysis (interaction with bootstrap CI, collapse thresholds, Spearman).
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -510,36 +511,37 @@ def test_anisotropy_vs_loss_spearman():
 # --- the shipped study, quick version (what CI runs) -------------------------------------
 
 def test_study_quick_runs_end_to_end(tmp_path):
-    """sweeps/study.yaml --quick: every method of the study at its first level, on the
-    embedded tiny-mixed model, then the report."""
+    """sweeps/study-quick.yaml: the v2 study's whole path (named calibration corpora of both
+    domains, two seeds, exported document replicates, the three intervals, Holm) on
+    tiny-mixed, then the report. Issue 14 item 6: intervals finite and ordered."""
     from pathlib import Path
 
     from lensbias.cli import main
 
-    study = Path(__file__).resolve().parents[1] / "sweeps" / "study.yaml"
+    study = Path(__file__).resolve().parents[1] / "sweeps" / "study-quick.yaml"
     out = tmp_path / "quick"
-    assert main(["sweep", str(study), "--quick", "--out", str(out), "-q", "--jobs", "2"]) == 0
-    cfg = load_sweep_config(study).quick()
+    assert main(["sweep", str(study), "--out", str(out), "-q", "--jobs", "2",
+                 "--max-boot", "2000"]) == 0
+    cfg = load_sweep_config(study)
     rows = read_results(out, cfg)
-    grid = cells(cfg)
-    assert {r["cell_id"] for r in rows} == {c.id for c in grid}
-    assert len(grid) == 3 + 4 * 3  # magnitude once per module group; others per calibration
-    assert {r["method"] for r in rows} == {"magnitude", "wanda", "sparsegpt", "gptq", "distill"}
-    assert {r["targets"] for r in rows if r["method"] == "magnitude"} == {"attn+mlp", "attn",
-                                                                         "mlp"}
-    # the distilled 2-layer student is compared at its own last block by the shared name
-    distill = [r for r in rows if r["method"] == "distill"]
-    assert {r["hook"] for r in distill} == {"blocks.0.hook_resid_post",
-                                            "blocks.-1.hook_resid_post"}
-    assert all(0 <= r["acc_a"] <= 1 for r in rows)
+    assert {r["cell_id"] for r in rows} == {c.id for c in cells(cfg)} and len(cells(cfg)) == 8
+    assert {r["calib_domain"] for r in rows} == {"code", "prose"}
     assert {r["concept_domain"] for r in rows} == {"code", "prose"}
+    assert all(len(r["replicates"]["acc_a"]) == 50 for r in rows if r.get("replicates"))
     analysis = json.loads((out / "analysis.json").read_text())
-    assert {r["method"] for r in analysis["interaction"]["rows"]
-            if r["interaction"] is not None} == {"wanda", "sparsegpt", "gptq", "distill"}
-    assert {c["method"] for c in analysis["phase_curves"]["curves"]} >= {
-        "magnitude", "magnitude@attn", "magnitude@mlp"}
+    inv = [r for r in analysis["inversion"]["rows"] if r["kind"] == "contextual"]
+    assert {r["reading"] for r in inv} == {"information", "readout", "aligned_readout"}
+    for r in inv:
+        assert r["n_seeds"] == 2 and r["n_corpora"] == {"code": 2, "prose": 2}
+        lo, hi = r["seed_t"]["ci"]
+        assert lo <= r["interaction"] <= hi
+        for ci in (r["bootstrap"]["ci"], r["mixed"]["ci"]):
+            assert all(math.isfinite(v) for v in ci) and ci[0] < ci[1]
+        assert r["bootstrap"]["n_boot"] <= 2000 and r["bootstrap"]["rng_spread"] is not None
+        assert r["mixed"]["p"] <= r["mixed"]["p_holm"] <= 1
     assert main(["sweep-report", str(out)]) == 0
-    assert "id='interaction'" in (out / "sweep-report.html").read_text()
+    html = (out / "sweep-report.html").read_text()
+    assert "id='inversion'" in html and "id='interaction'" in html
 
 
 # --- SAE feature overlap across the cells of a sweep -----------------------------------------

@@ -27,9 +27,12 @@ import click
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch intra-op threads per cell [default: the config's `threads`, else "
                    "cores // jobs in a pool, else 1 on <= 2 cores].")
+@click.option("--max-boot", type=click.IntRange(min=100), default=32000, show_default=True,
+              help="Most cluster-bootstrap resamples per interval: they start at 2,000 and "
+                   "double until each bound moves by < 0.01 across 10 RNG seeds.")
 def sweep(config: Path, out: Path, jobs: int, executor: str, address: str | None,
           cpus_per_cell: float, gpus_per_cell: float, quick: bool, quiet: bool,
-          threads: int | None) -> None:
+          threads: int | None, max_boot: int) -> None:
     """Run the grid in CONFIG (YAML): compress + diff per cell, into one results table.
 
     Each cell (model × method × level × calibration domain × seed) adds its rows
@@ -42,17 +45,17 @@ def sweep(config: Path, out: Path, jobs: int, executor: str, address: str | None
 
     \b
     Examples:
-      lensbias sweep sweeps/study.yaml --quick --out quick-results
-      lensbias sweep sweeps/study.yaml --jobs 4
-      lensbias sweep sweeps/study.yaml --quick -q
-      lensbias sweep sweeps/study.yaml --executor ray --address head:6379
+      lensbias sweep sweeps/study-tiny.yaml --out study-tiny --jobs 2
+      lensbias sweep sweeps/study-quick.yaml --out quick-study -q --max-boot 2000
+      lensbias sweep sweeps/study-minilm.yaml --quick -q
+      lensbias sweep sweeps/study-full-tiny.yaml --executor ray --address head:6379
     """
     import dataclasses
     import json
     import os
 
     from lensbias.cli.threads import set_threads
-    from lensbias.sweep.analysis import analyse
+    from lensbias.sweep.analysis import analyse, interaction_table
     from lensbias.sweep.stats import inversion_table
     from lensbias.sweep.config import cells, load_sweep_config
     from lensbias.sweep.run import read_results, run_sweep
@@ -70,13 +73,15 @@ def sweep(config: Path, out: Path, jobs: int, executor: str, address: str | None
     run_sweep(cfg, out, jobs=jobs, progress=not quiet, executor=executor, address=address,
               cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell)
     rows = read_results(out, cfg)
-    result = analyse(rows)
+    result = analyse(rows, study_boot=min(2000, max_boot), study_max_boot=max_boot)
     target = out / "analysis.json"
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_text(json.dumps(result, indent=1, allow_nan=False))
     os.replace(tmp, target)
     if not quiet:
         click.echo(inversion_table(result["inversion"]))
+        click.echo("\nThe first study's analysis (mean per-row readout, every concept kind):")
+        click.echo(interaction_table(result))
         for curve in result["phase_curves"]["curves"]:
             if curve["collapse_level"] is not None:
                 click.echo(f"collapse: {curve['method']} calib={curve['calib']} "
@@ -98,7 +103,8 @@ def sweep_report(results: Path, out: Path | None, title: str | None) -> None:
     """Write a self-contained HTML report of a sweep folder (or its results.jsonl).
 
     The analysis is recomputed from the finished cells' rows, so a report of a sweep still
-    running shows the cells finished so far. Cell rows link to each cell's diff report; the
+    running shows the cells finished so far; the study's interaction (its bootstraps take
+    minutes) is read from RESULTS/analysis.json when that was computed from the same cells. Cell rows link to each cell's diff report; the
     SAE feature-overlap matrices are read from the cells' summary.json files (cells/<id>/).
 
     \b
@@ -110,7 +116,7 @@ def sweep_report(results: Path, out: Path | None, title: str | None) -> None:
 
     from lensbias.errors import LensbiasError
     from lensbias.report.sweep import render_sweep_html
-    from lensbias.sweep.analysis import analyse, cell_summaries, feature_overlap
+    from lensbias.sweep.analysis import cell_summaries, feature_overlap
     from lensbias.sweep.run import RESULTS, read_results
 
     folder = results.parent if results.name == RESULTS and results.is_file() else results
@@ -126,8 +132,9 @@ def sweep_report(results: Path, out: Path | None, title: str | None) -> None:
     linked = {cid for cid in ids if (folder / "cells" / cid / "report.html").is_file()}
     if target.resolve().parent != folder.resolve():
         linked = set()  # links are relative to the sweep folder
-    html = render_sweep_html(rows, analyse(rows), title or f"lensbias sweep: {folder.name}",
-                             linked, overlap=feature_overlap(rows, cell_summaries(folder)))
+    html = render_sweep_html(rows, _analysis(folder, rows),
+                             title or f"lensbias sweep: {folder.name}", linked,
+                             overlap=feature_overlap(rows, cell_summaries(folder)))
     tmp = target.with_name(f".{target.name}.tmp")
     try:
         tmp.write_text(html, encoding="utf-8")
@@ -136,3 +143,20 @@ def sweep_report(results: Path, out: Path | None, title: str | None) -> None:
         tmp.unlink(missing_ok=True)
         raise LensbiasError(f"could not write {target}: {err.strerror or err}") from None
     click.echo(f"sweep report: {target}")
+
+
+def _analysis(folder: Path, rows: list) -> dict:
+    """``analyse(rows)``, reusing the study interaction of ``folder/analysis.json`` when it
+    was computed from exactly these cells (same ids); else everything is recomputed."""
+    import json
+
+    from lensbias.sweep.analysis import analyse
+
+    ids = sorted({str(r.get("cell_id")) for r in rows})
+    try:
+        saved = json.loads((folder / "analysis.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        saved = None
+    if isinstance(saved, dict) and saved.get("cell_ids") == ids and "inversion" in saved:
+        return {**analyse(rows, study_boot=0), "inversion": saved["inversion"]}
+    return analyse(rows)

@@ -260,8 +260,7 @@ class ProbeReport:
         if data.get("format") != FORMAT or data.get("version") != VERSION:
             raise LensbiasError(f"not a lensbias probe report version {VERSION} (format "
                                 f"{data.get('format')!r}, version {data.get('version')!r})")
-        return cls(rows=[_load(ProbeRow, {k: v for k, v in r.items() if k != "replicates"})
-                         for r in data["rows"]],
+        return cls(rows=[_load_row(r) for r in data["rows"]],
                    by_domain=[_load(ReadingAggregate, a) for a in data["by_domain"]],
                    by_frequency=[_load(Aggregate, a) for a in data["by_frequency"]],
                    skipped=list(data.get("skipped", [])), config=dict(data.get("config", {})),
@@ -472,6 +471,17 @@ def _exported_replicates(row: ProbeRow) -> dict[str, Any]:
     return {"replicates": {k: [None if not math.isfinite(x) else round(float(x), 4)
                                for x in np.asarray(boot[k])[:EXPORTED_COUNT]]
                            for k in EXPORTED_REPLICATES}}
+
+
+def _load_row(data: dict[str, Any]) -> ProbeRow:
+    """A row of ``to_dict``; its exported replicates come back as ``boot`` (so a report
+    read back writes the same JSON)."""
+    row = _load(ProbeRow, {k: v for k, v in data.items() if k != "replicates"})
+    reps = data.get("replicates")
+    if isinstance(reps, dict):
+        row.boot = {k: np.array([math.nan if x is None else float(x) for x in v])
+                    for k, v in reps.items() if k in EXPORTED_REPLICATES}
+    return row
 
 
 def _load(kind: type, data: dict[str, Any]) -> Any:

@@ -34,6 +34,7 @@ def render_sweep_html(rows: list[dict[str, Any]], analysis: dict[str, Any],
         f"{analysis.get('n_rows', 0)} rows (cell × concept × layer); models: "
         f"{esc(', '.join(models) or '–')}</p></header>",
         _headline(analysis),
+        _inversion(analysis.get("inversion") or {}),
         _interaction(analysis.get("interaction") or {}),
         _curves(analysis.get("phase_curves") or {}),
         _scatter(analysis.get("anisotropy_vs_loss") or {}),
@@ -53,9 +54,23 @@ def _num(v: Any) -> bool:
 
 
 def _headline(analysis: dict[str, Any]) -> str:
+    inv = [r for r in (analysis.get("inversion") or {}).get("rows", [])
+           if r.get("interaction") is not None and r.get("kind") == "contextual"]
     rows = [r for r in (analysis.get("interaction") or {}).get("rows", [])
             if r.get("interaction") is not None]
-    if not rows:
+    if inv:
+        parts = []
+        for reading in ("information", "readout", "aligned_readout"):
+            mine = [r for r in inv if r["reading"] == reading]
+            if not mine:
+                continue
+            sure = sum(1 for r in mine if _excludes_zero(r))
+            parts.append(f"{reading.replace('_', ' ')}: {sure} of {len(mine)}")
+        text = ("Calibration domain × concept domain interaction on contextual concepts, "
+                "settings (model × hook × method × level) where the cluster bootstrap and the "
+                "Holm-corrected mixed model both exclude 0, per reading: "
+                + "; ".join(parts) + ".")
+    elif not rows:
         text = ("No interaction could be computed: it needs code and prose calibration and "
                 "concepts of both domains at some method and level.")
     else:
@@ -68,6 +83,64 @@ def _headline(analysis: dict[str, Any]) -> str:
     if _num(rho):
         text += f" Spearman ρ between anisotropy change and survival loss across cells: {rho:+.2f}."
     return f"<section id='headline'><h2>Headline</h2><p class='headline'>{esc(text)}</p></section>"
+
+
+def _excludes_zero(r: dict[str, Any]) -> bool:
+    """The cluster-bootstrap interval excludes 0 and the mixed model's Holm p < 0.05, on the
+    same side."""
+    boot = (r.get("bootstrap") or {}).get("ci")
+    mix = r.get("mixed") or {}
+    if not boot or not _num(mix.get("p_holm")) or mix["p_holm"] >= 0.05:
+        return False
+    return (boot[0] > 0 and mix["estimate"] > 0) or (boot[1] < 0 and mix["estimate"] < 0)
+
+
+def _inversion(inv: dict[str, Any]) -> str:
+    rows = inv.get("rows", [])
+    if not rows:
+        return ("<section id='inversion'><h2>The study's interaction</h2><p>No rows enter: "
+                "it needs calibration corpora of both domains and powered concepts of both "
+                "domains.</p></section>")
+    body = []
+    for r in rows:
+        m = r.get("means") or {}
+        mix = r.get("mixed") or {}
+        st = r.get("seed_t") or {}
+        boot = r.get("bootstrap") or {}
+        nc, nk = r.get("n_corpora") or {}, r.get("n_concepts") or {}
+        body.append(
+            f"<tr><td>{esc(r.get('model'))}<br><small>{esc(r.get('hook'))}</small></td>"
+            + "".join(f"<td>{esc(r.get(k))}</td>" for k in ("kind", "reading", "method"))
+            + f"<td>{fmt(r.get('level'))}</td><td>{fmt(r.get('interaction'))}</td>"
+            f"<td class='ci'>{fmt_ci(st.get('ci'))}</td>"
+            f"<td class='ci'>{fmt_ci(boot.get('ci'))}</td>"
+            f"<td class='ci'>{fmt_ci(mix.get('ci'))}</td><td>{fmt(mix.get('p_holm'))}</td>"
+            + "".join(f"<td>{fmt(m.get(k))}</td>" for k in
+                      ("code|code", "code|prose", "prose|code", "prose|prose"))
+            + f"<td>{esc(r.get('n_seeds'))} · {esc(nc.get('code'))}+{esc(nc.get('prose'))}"
+            f" · {esc(nk.get('code'))}+{esc(nk.get('prose'))}</td></tr>")
+    table = sortable_table("inversion-table", [
+        "model / hook", "kind", "reading", "method", "level", "I", "seed t", "cluster boot",
+        "mixed model", "p Holm", "cc", "cp", "pc", "pp", "seeds · corpora · concepts"], body)
+    shown = [r for r in rows if r.get("interaction") is not None
+             and r.get("kind") == "contextual"]
+    bars = [(f"{r.get('reading')}:{r.get('method')}:{r.get('level')}", r.get("interaction"),
+             (r.get("bootstrap") or {}).get("ci")) for r in shown]
+    chart = (bar_chart("Interaction on contextual concepts, cluster-bootstrap 95% interval",
+                       bars, width=_bar_width(len(bars), 84),
+                       groups=[_side((r.get("bootstrap") or {}).get("ci")) for r in shown],
+                       colors=SIDE_COLORS, y_label="interaction (kept share)",
+                       x_label="reading:method:level") if bars else "")
+    return (f"<section id='inversion'><h2>The study's interaction, three readings</h2>"
+            f"<p>{esc(inv.get('definition', ''))}. Intervals: a t interval over seeds; a "
+            f"cluster bootstrap over seeds, calibration corpora, concept groups and concepts, "
+            f"and test documents (resamples raised until each bound moves by less than "
+            f"{esc(inv.get('tolerance'))} across 10 RNG seeds); a mixed model with crossed "
+            f"random effects (per-concept readings, each concept weighted equally), p "
+            f"Holm-corrected across method × level. All intervals 95%. cc = S(code concepts | "
+            f"code calibration), cp = S(code | prose), pc = S(prose | code), pp = S(prose | "
+            f"prose); corpora and concepts are counted code + prose.</p>{chart}{table}"
+            f"</section>")
 
 
 def _interaction(inter: dict[str, Any]) -> str:
@@ -94,9 +167,11 @@ def _interaction(inter: dict[str, Any]) -> str:
                                                                      for r in shown],
                       colors=SIDE_COLORS, y_label="interaction (survival)",
                       x_label="method:level")
-    return (f"<section id='interaction'><h2>Calibration × concept domain</h2>"
-            f"<p>{esc(inter.get('definition', ''))}; S is mean survival. Interval: percentile "
-            f"bootstrap over seeds and concepts.</p>{chart}{table}</section>")
+    return (f"<section id='interaction'><h2>The first study's interaction (readout, per-row "
+            f"means)</h2><p>{esc(inter.get('definition', ''))}; S is the mean of per-row "
+            f"readouts over every concept, token identity included. Interval: percentile "
+            f"bootstrap over seeds and concepts. Kept for comparison with the first study; "
+            f"the section above is the analysis to read.</p>{chart}{table}</section>")
 
 
 SIDE_COLORS = {"interval above 0": "#1f77b4", "interval below 0": "#d62728",

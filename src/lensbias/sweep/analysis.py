@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from lensbias.sweep.config import MORE_IS_LESS
+from lensbias.sweep.stats import row_calib_domain
 
 THRESHOLD = 0.5
 DOMAINS = ("code", "prose")
@@ -64,8 +65,9 @@ def interaction(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0,
     """
     groups: dict[tuple[str, str, Any], list[dict[str, Any]]] = defaultdict(list)
     for r in _rows_with_survival(rows):
-        if r.get("calib") in DOMAINS and r.get("concept_domain") in DOMAINS:
-            groups[(method_label(r), r.get("param"), r["level"])].append(r)
+        if row_calib_domain(r) in DOMAINS and r.get("concept_domain") in DOMAINS:
+            groups[(method_label(r), r.get("param"), r["level"])].append({
+                **r, "calib": row_calib_domain(r)})  # a corpus counts as its domain
     rng = np.random.default_rng(seed)
     out = []
     for (method, param, level), group in sorted(groups.items(), key=lambda kv: _gkey(kv[0])):
@@ -310,13 +312,15 @@ def _boot_mean(items: list[tuple[Any, str, float]], n_boot: int, rng: np.random.
 def analyse(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0,
             study_boot: int = 2000, study_max_boot: int = 32000) -> dict[str, Any]:
     """The study's interactions (``inversion``: ``sweep.stats``, three readings, three
-    intervals), the per-row readout interaction of the first study (``interaction``), phase
+    intervals; ``study_boot`` = 0 skips it), the per-row readout interaction of the first study (``interaction``), phase
     curves, anisotropy vs loss and the model view for one table."""
     from lensbias.sweep.stats import inversion
 
     return {"n_rows": len(rows), "n_cells": len({r["cell_id"] for r in rows}),
-            "inversion": inversion(rows, n_boot=study_boot, max_boot=study_max_boot,
-                                   kinds=("contextual", "token identity")),
+            "cell_ids": sorted({str(r["cell_id"]) for r in rows}),
+            "inversion": (inversion(rows, n_boot=study_boot, max_boot=study_max_boot,
+                                    kinds=("contextual", "token identity"))
+                          if study_boot > 0 else None),
             "interaction": interaction(rows, n_boot=n_boot, seed=seed),
             "phase_curves": phase_curves(rows),
             "anisotropy_vs_loss": anisotropy_vs_loss(rows),

@@ -211,7 +211,8 @@ def bootstrap_replicates(design: Design, n_boot: int, rng_seed: int,
         pick = doc[:, design.s]  # [n, rows]: the drawn document resample per row's seed
         rows = np.arange(len(design.rows))[None, :]
         num, den = design.rep_num[rows, pick], design.rep_den[rows, pick]
-        out[start:start + n] = contrast(design.cells(w, num, den))
+        with np.errstate(invalid="ignore"):
+            out[start:start + n] = contrast(design.cells(w, num, den))
     return out
 
 
