@@ -1,146 +1,182 @@
 """Print the tables of docs/study.md (Markdown) from finished sweep folders.
 
-    python scripts/study_tables.py study-results bias-results
+    python scripts/study_tables.py study-minilm study-tiny
 
-Reads each folder's finished cells (``lensbias.sweep.read_results``) and recomputes the
-analysis, so the numbers are the package's, not this script's.
+Per folder it reads the finished cells (``lensbias.sweep.read_results``) and the study's
+interaction from ``analysis.json`` (what ``lensbias sweep`` computed from the same cells;
+recomputed when it is missing or from other cells), so every number is the package's.
+Tables: who enters (floors and kinds), the interaction per reading with its three
+intervals, the per-corpus survivals behind it, behaviour per calibration domain, and
+anisotropy at a fixed level.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lensbias.sweep import analyse, read_results
-from lensbias.sweep.analysis import interaction, method_label
+from lensbias.sweep.stats import READINGS, entering, row_calib_domain
 
 
 def _f(v: Any, digits: int = 3) -> str:
     return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{digits}f}"
 
 
+def _s(v: Any) -> str:
+    return "–" if v is None else f"{v:+.3f}"
+
+
 def _ci(ci: Any) -> str:
-    return "" if not ci else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+    return "–" if not ci or ci[0] is None else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
 
-def interaction_table(result: dict[str, Any]) -> None:
-    print("| method | level | interaction | 95% CI | S(code\\|code) | S(code\\|prose) | "
-          "S(prose\\|code) | S(prose\\|prose) |")
-    print("|---|---:|---:|---|---:|---:|---:|---:|")
-    for r in result["interaction"]["rows"]:
-        if r["interaction"] is None:
+def load(folder: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    rows = read_results(folder)
+    ids = sorted({str(r["cell_id"]) for r in rows})
+    path = Path(folder) / "analysis.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    if saved.get("cell_ids") != ids or not saved.get("inversion"):
+        saved = analyse(rows)
+    return rows, saved
+
+
+def kinds_table(rows: list[dict[str, Any]]) -> None:
+    """Per concept (one hook): test tokens, A's accuracy, floors and how often (over seeds)
+    it is contextual, i.e. enters the main analysis."""
+    per: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    seen = set()
+    for r in rows:
+        key = (r["seed"], r["concept"], r["hook"])
+        if key in seen:  # A's side is the same in every cell of a seed
             continue
-        m = r["means"]
-        print(f"| {r['method']} | {r['level']} | {r['interaction']:+.3f} | {_ci(r['ci'])} | "
-              + " | ".join(_f(m[k]) for k in ("code|code", "code|prose", "prose|code",
-                                                 "prose|prose")) + " |")
+        seen.add(key)
+        per[(r["concept_domain"], r["concept"])].append(r)
+    print("| domain | concept | test tokens | acc A | majority | token id | embed | gain | "
+          "contextual in | powered |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for (dom, concept), rs in sorted(per.items()):
+        mean = {k: np.mean([r[k] for r in rs if r.get(k) is not None] or [np.nan])
+                for k in ("n_test", "acc_a", "majority", "token_id", "embed", "context_gain")}
+        ctx = sum(r["kind"] == "contextual" for r in rs)
+        powered = "yes" if not any(r.get("underpowered") for r in rs) else "no"
+        print(f"| {dom} | {concept} | {mean['n_test']:.0f} | {_f(mean['acc_a'])} | "
+              f"{_f(mean['majority'])} | {_f(mean['token_id'])} | {_f(mean['embed'])} | "
+              f"{_s(mean['context_gain'])} | {ctx}/{len(rs)} seeds | {powered} |")
 
 
-def curves_table(result: dict[str, Any]) -> None:
-    rows: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
-    levels: dict[str, list[Any]] = {}
-    for c in result["phase_curves"]["curves"]:
-        key = (c["method"], c["calib"])
-        rows[key][c["concept_domain"]] = c
-        levels[c["method"]] = [p["level"] for p in c["points"]]
-    print("| method | calib | concepts | survival by level | collapse level |")
-    print("|---|---|---|---|---:|")
-    for (method, calib), per in rows.items():
+def inversion_table(result: dict[str, Any], kind: str) -> None:
+    rows = [r for r in result["inversion"]["rows"] if r["kind"] == kind]
+    print("| reading | method | level | I | seed t 95% | cluster bootstrap 95% (resamples, "
+          "RNG spread) | mixed model 95% | p (Holm) | S(code\\|code) | S(code\\|prose) | "
+          "S(prose\\|code) | S(prose\\|prose) | seeds · corpora · concepts |")
+    print("|---|---|---:|---:|---|---|---|---:|---:|---:|---:|---:|---|")
+    for r in sorted(rows, key=lambda r: (r["method"], str(r["level"]),
+                                         list(READINGS).index(r["reading"]))):
+        m = r.get("means") or {}
+        b = r.get("bootstrap") or {}
+        mix = r.get("mixed") or {}
+        nc, nk = r["n_corpora"], r["n_concepts"]
+        boot = (f"{_ci(b.get('ci'))} ({b.get('n_boot')}, {_f(b.get('rng_spread'))}"
+                f"{'' if b.get('stable') else ', not stable'})" if b else "–")
+        mixed = (_ci(mix.get("ci")) + ("" if mix.get("converged", True) else " (not converged)")
+                 if "ci" in mix else mix.get("error", "–"))
+        print(f"| {r['reading'].replace('_', ' ')} | {r['method']} | {r['level']} | "
+              f"{_s(r.get('interaction'))} | {_ci((r.get('seed_t') or {}).get('ci'))} | "
+              f"{boot} | {mixed} | {_f(mix.get('p_holm'))} | "
+              + " | ".join(_f(m.get(k)) for k in ("code|code", "code|prose", "prose|code",
+                                                  "prose|prose"))
+              + f" | {r['n_seeds']} · {nc['code']}+{nc['prose']} · "
+                f"{nk['code']}+{nk['prose']} |")
+
+
+def corpus_table(rows: list[dict[str, Any]], kind: str = "contextual") -> None:
+    """S(concept domain | calibration corpus) per reading: ratio of sums over seeds and
+    concepts, with the spread over seeds."""
+    acc: dict[tuple[Any, ...], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in entering(rows, kind):
+        for reading, key in READINGS.items():
+            acc[(r["method"], r["level"], reading, r["calib"], r["concept_domain"])][
+                r["seed"]].append((r[key] - r["baseline"], r["acc_a"] - r["baseline"]))
+    print("| method | level | reading | calibration corpus | corpus domain | S(code concepts) "
+          "| S(prose concepts) |")
+    print("|---|---:|---|---|---|---:|---:|")
+    keys = sorted({k[:4] for k in acc}, key=lambda k: (k[0], str(k[1]), k[2], k[3]))
+    for method, level, reading, calib in keys:
+        cells = []
         for dom in ("code", "prose"):
-            c = per.get(dom)
-            if c is None:
+            per_seed = acc.get((method, level, reading, calib, dom), {})
+            if not per_seed:
+                cells.append("–")
                 continue
-            pts = sorted(c["points"], key=lambda p: p["level"], reverse=c["descending"])
-            curve = ", ".join(f"{p['level']}: {p['survival']:.2f}" for p in pts)
-            print(f"| {method} | {calib} | {dom} | {curve} | {_f(c['collapse_level'], 2)} |")
+            num = sum(n for v in per_seed.values() for n, _ in v)
+            den = sum(d for v in per_seed.values() for _, d in v)
+            seeds = [sum(n for n, _ in v) / sum(d for _, d in v) for v in per_seed.values()]
+            cells.append(f"{num / den:.3f} ± {np.std(seeds):.3f}")
+        dom = row_calib_domain({"calib": calib, "calib_domain": next(
+            r.get("calib_domain") for r in rows if r["calib"] == calib)})
+        print(f"| {method} | {level} | {reading.replace('_', ' ')} | {calib} | {dom} | "
+              f"{cells[0]} | {cells[1]} |")
 
 
-def bpb_table(rows: list[dict[str, Any]]) -> None:
-    """Mean bits/byte of B on held-out code and prose per method, level and calibration."""
-    cells: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for r in rows:
-        cells[r["cell_id"]] = r
-    acc: dict[tuple[Any, ...], list[tuple[float, float]]] = defaultdict(list)
-    base = None
+def behaviour_table(rows: list[dict[str, Any]]) -> None:
+    """B's behaviour per method, level and calibration domain (cells averaged): embedding
+    fidelity for encoders, bits/byte for causal models."""
+    cells = {r["cell_id"]: r for r in rows}
+    acc: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for r in cells.values():
-        acc[(method_label(r), r["level"], r["calib"])].append((r["bpb_b_code"], r["bpb_b_prose"]))
-        base = (r["bpb_a_code"], r["bpb_a_prose"])
-    print(f"Original: code {base[0]:.3f}, prose {base[1]:.3f} bits/byte.\n")
-    print("| method | level | calib | code bits/byte | prose bits/byte | cells |")
-    print("|---|---:|---|---:|---:|---:|")
-    for (method, level, calib), v in sorted(acc.items(), key=lambda kv: (kv[0][0], str(kv[0][1]),
-                                                                          kv[0][2])):
-        arr = np.array(v, float)
-        print(f"| {method} | {level} | {calib} | {arr[:, 0].mean():.3f} | {arr[:, 1].mean():.3f} "
-              f"| {len(v)} |")
+        acc[(r["method"], r["level"], r.get("calib_domain") or r["calib"])].append(r)
+    enc = any(r.get("emb_cos_code") is not None for r in cells.values())
+    fields = (("emb_cos_code", "emb_cos_prose", "emb_nn_code", "emb_nn_prose") if enc else
+              ("bpb_b_code", "bpb_b_prose"))
+    names = (("cosine, code", "cosine, prose", "retrieval agreement, code",
+              "retrieval agreement, prose") if enc else ("bits/byte, code", "bits/byte, prose"))
+    if not enc:
+        a = next(iter(cells.values()))
+        print(f"A: code {_f(a.get('bpb_a_code'))}, prose {_f(a.get('bpb_a_prose'))} bits/byte.\n")
+    print("| method | level | calibration domain | " + " | ".join(names) + " | cells |")
+    print("|---|---:|---|" + "---:|" * len(names) + "---:|")
+    for (method, level, dom), rs in sorted(acc.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        vals = []
+        for f in fields:
+            v = [r[f] for r in rs if r.get(f) is not None]
+            vals.append(f"{np.mean(v):.3f} ± {np.std(v):.3f}" if v else "–")
+        print(f"| {method} | {level} | {dom} | " + " | ".join(vals) + f" | {len(rs)} |")
 
 
-def layer_table(rows: list[dict[str, Any]]) -> None:
-    """Mean survival per method, level, hook and concept domain (all calibrations)."""
-    acc: dict[tuple[Any, ...], list[float]] = defaultdict(list)
-    for r in rows:
-        if r.get("survival") is not None and r.get("concept_domain") in ("code", "prose"):
-            acc[(method_label(r), r["level"], r["hook"], r["concept_domain"])].append(
-                float(r["survival"]))
-    print("| method | level | hook | code concepts | prose concepts |")
-    print("|---|---:|---|---:|---:|")
-    keys = sorted({k[:3] for k in acc}, key=lambda k: (k[0], str(k[1]), k[2]))
-    for method, level, hook in keys:
-        code = acc.get((method, level, hook, "code"), [])
-        prose = acc.get((method, level, hook, "prose"), [])
-        print(f"| {method} | {level} | {hook} | {_f(np.mean(code) if code else None, 2)} | "
-              f"{_f(np.mean(prose) if prose else None, 2)} |")
-
-
-def anisotropy(result: dict[str, Any]) -> None:
+def anisotropy_table(result: dict[str, Any]) -> None:
     av = result["anisotropy_vs_loss"]
-    print(f"Spearman rho over {av['n_cells']} cells: {_f(av['rho'], 2)}")
-    for m, v in av["by_method"].items():
-        print(f"- {m}: rho {_f(v['rho'], 2)} over {v['n_cells']} cells")
-
-
-def model_view(rows: list[dict[str, Any]]) -> None:
-    result = analyse(rows)
-    print("| model | domain | bits/byte A | probe acc A | acc − majority | 95% CI | "
-          "survival | 95% CI |")
-    print("|---|---|---:|---:|---:|---|---:|---|")
-    for r in result["model_view"]["rows"]:
-        print(f"| {r['model']} | {r['domain']} | {_f(r['bpb_a'])} | {_f(r['acc_a'])} | "
-              f"{_f(r['gain'])} | {_ci(r['gain_ci'])} | {_f(r['survival'])} | "
-              f"{_ci(r['survival_ci'])} |")
-    print()
-    print("Interaction per original model (Wanda 50%):\n")
-    print("| model | interaction | 95% CI |")
-    print("|---|---:|---|")
-    for model in sorted({r["model"] for r in rows}):
-        inter = interaction([r for r in rows if r["model"] == model])
-        for r in inter["rows"]:
-            if r["interaction"] is not None:
-                print(f"| {model} | {r['interaction']:+.3f} | {_ci(r['ci'])} |")
+    print(f"Across all {av['n_cells']} cells: Spearman ρ = {_f(av['rho'], 2)}.\n")
+    print("| model | method | level | ρ(Δ anisotropy, readout loss) | cells |")
+    print("|---|---|---:|---:|---:|")
+    for r in av.get("by_level", []):
+        print(f"| {r['model']} | {r['method']} | {r['level']} | {_f(r['rho'], 2)} | "
+              f"{r['n_cells']} |")
 
 
 def main(argv: list[str]) -> None:
-    study = read_results(argv[0])
-    result = analyse(study)
-    print(f"# {argv[0]}: {result['n_cells']} cells, {result['n_rows']} rows\n")
-    seconds = {r["cell_id"]: r["cell_seconds"] or 0.0 for r in study}
-    print(f"sum of cell seconds: {sum(seconds.values()) / 60:.1f} min\n")
-    print("## Interaction\n")
-    interaction_table(result)
-    print("\n## Phase curves\n")
-    curves_table(result)
-    print("\n## Bits per byte\n")
-    bpb_table(study)
-    print("\n## By layer\n")
-    layer_table(study)
-    print("\n## Anisotropy vs survival loss\n")
-    anisotropy(result)
-    if len(argv) > 1:
-        print(f"\n## Models ({argv[1]})\n")
-        model_view(read_results(argv[1]))
+    for folder in argv:
+        rows, result = load(folder)
+        seconds = {r["cell_id"]: r.get("cell_seconds") or 0.0 for r in rows}
+        print(f"# {folder}: {result['n_cells']} cells, {result['n_rows']} rows; "
+              f"sum of cell seconds {sum(seconds.values()) / 60:.1f} min\n")
+        print("## Concepts, floors and kinds\n")
+        kinds_table(rows)
+        for kind in ("contextual", "token identity"):
+            print(f"\n## Interaction, {kind} concepts\n")
+            inversion_table(result, kind)
+        print("\n## Survival per calibration corpus (contextual concepts)\n")
+        corpus_table(rows)
+        print("\n## Behaviour\n")
+        behaviour_table(rows)
+        print("\n## Anisotropy at a fixed level\n")
+        anisotropy_table(result)
+        print()
 
 
 if __name__ == "__main__":
