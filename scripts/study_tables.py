@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from lensbias.sweep import analyse, read_results
-from lensbias.sweep.stats import READINGS, entering, row_calib_domain
+from lensbias.sweep.stats import READINGS, entering, row_calib_domain, study_kinds
 
 
 def _f(v: Any, digits: int = 3) -> str:
@@ -47,8 +47,9 @@ def load(folder: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
 
 
 def kinds_table(rows: list[dict[str, Any]]) -> None:
-    """Per concept (one hook): test tokens, A's accuracy, floors and how often (over seeds)
-    it is contextual, i.e. enters the main analysis."""
+    """Per concept (one hook): test tokens, A's accuracy, floors, how often a single seed's
+    row called it contextual, and the study's kind (t interval of the gain over seeds)."""
+    kinds = study_kinds(rows)
     per: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     seen = set()
     for r in rows:
@@ -58,16 +59,18 @@ def kinds_table(rows: list[dict[str, Any]]) -> None:
         seen.add(key)
         per[(r["concept_domain"], r["concept"])].append(r)
     print("| domain | concept | test tokens | acc A | majority | token id | embed | gain | "
-          "contextual in | powered |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+          "gain over seeds 95% | per-row contextual | study kind | powered |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|---|")
     for (dom, concept), rs in sorted(per.items()):
         mean = {k: np.mean([r[k] for r in rs if r.get(k) is not None] or [np.nan])
                 for k in ("n_test", "acc_a", "majority", "token_id", "embed", "context_gain")}
         ctx = sum(r["kind"] == "contextual" for r in rs)
         powered = "yes" if not any(r.get("underpowered") for r in rs) else "no"
+        k = kinds.get((str(rs[0]["model"]), str(rs[0]["hook"]), concept), {})
         print(f"| {dom} | {concept} | {mean['n_test']:.0f} | {_f(mean['acc_a'])} | "
               f"{_f(mean['majority'])} | {_f(mean['token_id'])} | {_f(mean['embed'])} | "
-              f"{_s(mean['context_gain'])} | {ctx}/{len(rs)} seeds | {powered} |")
+              f"{_s(mean['context_gain'])} | {_ci(k.get('ci'))} | {ctx}/{len(rs)} seeds | "
+              f"{k.get('kind', '–')} | {powered} |")
 
 
 def inversion_table(result: dict[str, Any], kind: str) -> None:

@@ -13,9 +13,10 @@ aligned readout). That is the same aggregate survival v2 reports per diff
 that beats its floor by 0.02 turns test noise of ±0.01 into a ratio of ±0.5.
 
 Rows enter when their calibration corpus has a domain (code or prose; ``mixed`` and user
-files do not), their concept domain is code or prose, their kind is the one analysed
-(``contextual`` by default: A's gain over its floors has a lower bound above zero; token-
-identity rows are measured against majority) and they are not under-powered.
+files do not), their concept domain is code or prose, their concept's kind is the one
+analysed and they are not under-powered. The kind is decided on A alone, across seeds
+(``study_kinds``): ``contextual`` when the t interval over seeds of A's gain over its
+floors lies above zero (token-identity rows are measured against majority).
 
 Three intervals, each resampling what varies:
 
@@ -301,13 +302,55 @@ def holm(pvalues: list[float | None]) -> list[float | None]:
     return out
 
 
-def entering(rows: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    """Rows that enter the interaction (see the module docstring)."""
+def study_kinds(rows: list[dict[str, Any]], confidence: float = CONFIDENCE
+                ) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Each (model, hook, concept)'s kind for the study, decided on A alone across seeds.
+
+    A's side of a row (its accuracy and floors) is the same in every cell of a seed, and
+    each seed draws another split of the documents. Within one seed the gain's bootstrap
+    over a few test documents is wide (on MiniLM, identifier_role beats its floors by
+    +0.17 to +0.21 in every seed, yet one seed's interval reaches 0), so with two or more
+    seeds the study calls a concept **contextual** when the t interval over seeds of its
+    context gain (acc_A − floor) lies above 0, else token identity; with one seed, the
+    row's own kind. Returns ``{(model, hook, concept): {kind, gains: {seed: gain},
+    ci}}``."""
+    from scipy import stats
+
+    gains: dict[tuple[str, str, str], dict[Any, float]] = defaultdict(dict)
+    own: dict[tuple[str, str, str], str] = {}
+    for r in rows:
+        key = (str(r.get("model")), str(r.get("hook")), str(r.get("concept")))
+        g = _num(r.get("context_gain"))
+        if math.isfinite(g):
+            gains[key].setdefault(r.get("seed"), g)
+        own.setdefault(key, str(r.get("kind")))
+    out = {}
+    for key, per in gains.items():
+        v = np.array(list(per.values()))
+        if len(v) < 2:
+            out[key] = {"kind": own[key], "gains": {str(s): g for s, g in per.items()},
+                        "ci": None}
+            continue
+        se = float(v.std(ddof=1)) / math.sqrt(len(v))
+        q = float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1))
+        ci = [float(v.mean() - q * se), float(v.mean() + q * se)]
+        out[key] = {"kind": KINDS[0] if ci[0] > 0 else KINDS[1],
+                    "gains": {str(s): g for s, g in per.items()}, "ci": ci}
+    return out
+
+
+def entering(rows: list[dict[str, Any]], kind: str,
+             kinds: dict[tuple[str, str, str], dict[str, Any]] | None = None
+             ) -> list[dict[str, Any]]:
+    """Rows that enter the interaction (see the module docstring); the kind is the
+    concept's ``study_kinds`` (computed here when not given)."""
+    kinds = study_kinds(rows) if kinds is None else kinds
     out = []
     for r in rows:
         if row_calib_domain(r) is None or r.get("concept_domain") not in DOMAINS:
             continue
-        if r.get("kind") != kind or r.get("underpowered"):
+        k = kinds.get((str(r.get("model")), str(r.get("hook")), str(r.get("concept"))))
+        if (k["kind"] if k else r.get("kind")) != kind or r.get("underpowered"):
             continue
         if not all(math.isfinite(_num(r.get(f))) for f in ("acc_a", "baseline", "information",
                                                             "readout", "aligned_readout")):
@@ -324,8 +367,9 @@ def inversion(rows: list[dict[str, Any]], n_boot: int = 2000, max_boot: int = 32
     intervals; Holm-adjusted mixed-model p-values. Returns ``{"definition", "confidence",
     "rows": [...]}``; see the module docstring."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    decided = study_kinds(rows, confidence)
     for kind in kinds:
-        for r in entering(rows, kind):
+        for r in entering(rows, kind, decided):
             groups[(str(r.get("model")), str(r.get("hook")), kind, method_key(r),
                     r.get("param"), r["level"])].append(r)
     out = []
@@ -366,7 +410,9 @@ def inversion(rows: list[dict[str, Any]], n_boot: int = 2000, max_boot: int = 32
     return _clean({"definition": "[S(code|code calib) - S(code|prose calib)] - "
                           "[S(prose|code calib) - S(prose|prose calib)], S a ratio of sums "
                           "(x - baseline) / (acc_A - baseline)",
-            "confidence": confidence, "tolerance": TOLERANCE, "rows": out})
+            "confidence": confidence, "tolerance": TOLERANCE, "rows": out,
+            "kinds": [{"model": m, "hook": h, "concept": c, **v}
+                      for (m, h, c), v in sorted(decided.items())]})
 
 
 def _clean(x: Any) -> Any:
