@@ -4,7 +4,14 @@ per hook and domain, streaming over two aligned activation caches, plus CKA(A, B
 One pass per hook: moments of A and B, their cross moments, a seeded row sample, and the
 Compression Hacking metrics of every example (one sample = one example's tokens in the domain,
 as the paper computes them per sentence), averaged. Nothing larger than a batch (plus the
-example being read) is held.
+examples waiting to be measured, a bounded queue) is held.
+
+Device: ``GeometryConfig.device`` (default ``cpu``) is where the math runs, on the same code
+path everywhere: each batch is moved there once (float32 on the wire) and the moments, cross
+moments and covariance spectra (one float64 eigendecomposition per domain and model, shared
+by IsoScore, effective rank and matrix entropy), the anisotropy sample's cosines and the
+Compression Hacking spectra (examples queued and decomposed in batches) are computed there
+(``geometry.metrics``); the report holds Python floats as before.
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
+from lensbias import device_math as dm
 from lensbias.errors import LensbiasError
 from lensbias.geometry import metrics as m
 from lensbias.store.reader import ActivationStore
@@ -52,6 +61,9 @@ class GeometryConfig:
     ch_tokens: int = 64
     """Compression Hacking's sample: the first this many tokens of each example in the domain
     (the paper truncates every sentence to 64 tokens)."""
+    device: str = "cpu"
+    """Torch device the moments, spectra, CKA, anisotropy and Compression Hacking metrics are
+    computed on (float64 there; float32 on MPS); results are Python floats."""
 
     def __post_init__(self) -> None:
         if (self.n_pairs < 1 or self.batch_tokens < 1 or self.k < 1 or self.min_tokens < 2
@@ -161,6 +173,7 @@ def compare_geometry(store_a: ActivationStore, store_b: ActivationStore,
     only one cache get that model's rows only.
     """
     _check_aligned(store_a, store_b)
+    device = dm.resolve(config.device)
     domains = _domain_masks(store_a, config)
     examples = np.asarray(store_a.tokens()["example"], np.int64)
     report = GeometryReport(store_a.model_name, store_b.model_name, store_a.dataset_name, config)
@@ -169,7 +182,7 @@ def compare_geometry(store_a: ActivationStore, store_b: ActivationStore,
         order = [h for h in order if h in config.hooks]
     for hook in order:
         stores = {name: s for name, s in (("A", store_a), ("B", store_b)) if hook in s.hooks}
-        _compare_hook(hook, stores, domains, examples, config, report)
+        _compare_hook(hook, stores, domains, examples, config, report, device)
     return report
 
 
@@ -213,14 +226,45 @@ def _batches(stores: dict[str, ActivationStore], hook: str, batch_tokens: int
         yield start, {name: s.activations(hook, rows) for name, s in stores.items()}
 
 
+class _SampleQueue:
+    """Compression Hacking samples of one hook waiting to be measured, decomposed in batches
+    on the device once ``max_values`` numbers are waiting (and at the end, ``flush``).
+    Results are kept by key (model, rows): a sample of the same rows (a prose example in
+    'all' and in 'prose') is measured once."""
+
+    def __init__(self, k: int, device: torch.device, max_values: int = 1 << 24):
+        self.k, self.device, self.max_values = k, device, max_values
+        self.pending: dict[tuple[str, bytes], np.ndarray] = {}
+        self.done: dict[tuple[str, bytes], dict[str, float]] = {}
+        self.size = 0
+
+    def submit(self, key: tuple[str, bytes], tokens: np.ndarray) -> None:
+        if key in self.done or key in self.pending:
+            return
+        self.pending[key] = tokens
+        self.size += tokens.size
+        if self.size >= self.max_values:
+            self.flush()
+
+    def flush(self) -> None:
+        by_width: dict[int, list[tuple[str, bytes]]] = {}
+        for key, tokens in self.pending.items():
+            by_width.setdefault(tokens.shape[1], []).append(key)
+        for keys in by_width.values():
+            values = m.compression_metrics_batch([self.pending[key] for key in keys], self.k,
+                                                 self.device)
+            self.done.update(zip(keys, values))
+        self.pending.clear()
+        self.size = 0
+
+
 class _PerExample:
     """Gathers the first ``cap`` rows of each example in one domain (they may span batches)
-    and hands every complete sample to ``SampleMeans`` per model. ``memo`` is shared by the
-    domains of one hook: a sample of the same rows (e.g. a prose example in 'all' and in
-    'prose') is computed once."""
+    and hands every complete sample (2+ rows) to the hook's ``_SampleQueue``, remembering
+    the order; ``means`` averages them per model in that order."""
 
-    def __init__(self, examples: np.ndarray, mask: np.ndarray, names: list[str], k: int,
-                 cap: int, memo: dict[tuple[str, bytes], dict[str, float]]):
+    def __init__(self, examples: np.ndarray, mask: np.ndarray, names: list[str], cap: int,
+                 queue: _SampleQueue):
         rows = np.flatnonzero(mask)
         order = np.argsort(examples[rows], kind="stable")
         ex, first = np.unique(examples[rows][order], return_index=True)
@@ -231,8 +275,8 @@ class _PerExample:
             chosen = rows[order[a:min(b, a + cap)]]
             self.left[e], self.key[e] = len(chosen), chosen.astype(np.int64).tobytes()
         self.parts: dict[int, dict[str, list[np.ndarray]]] = {}
-        self.means = {name: m.SampleMeans(k) for name in names}
-        self.memo = memo
+        self.keys: dict[str, list[tuple[str, bytes]]] = {name: [] for name in names}
+        self.queue = queue
 
     def add(self, example_ids: np.ndarray, rows: dict[str, np.ndarray]) -> None:
         for ex in np.unique(example_ids).tolist():
@@ -245,79 +289,94 @@ class _PerExample:
             self.left[ex] -= len(at)
             if self.left[ex] == 0:
                 for name, chunks in self.parts.pop(ex).items():
-                    key = (name, self.key[ex])
-                    if key in self.memo:
-                        self.means[name].add_values(self.memo[key])
-                        continue
-                    values = self.means[name].add(np.concatenate(chunks))
-                    if values is not None:
-                        self.memo[key] = values
+                    tokens = np.concatenate(chunks)
+                    if len(tokens) >= 2:
+                        key = (name, self.key[ex])
+                        self.queue.submit(key, tokens)
+                        self.keys[name].append(key)
+
+    def means(self, name: str) -> m.SampleMeans:
+        """The averaged metrics of model ``name``'s samples (after ``queue.flush``)."""
+        out = m.SampleMeans(self.queue.k, self.queue.device)
+        for key in self.keys[name]:
+            out.add_values(self.queue.done[key])
+        return out
 
 
 def _compare_hook(hook: str, stores: dict[str, ActivationStore], domains: dict[str, np.ndarray],
-                  examples: np.ndarray, config: GeometryConfig, report: GeometryReport) -> None:
+                  examples: np.ndarray, config: GeometryConfig, report: GeometryReport,
+                  device: torch.device) -> None:
     dims = {name: s.d(hook) for name, s in stores.items()}
     paired = len(stores) == 2
     moments: dict[tuple[str, str], m.Moments] = {}
     cross: dict[str, m.CrossMoments] = {}
     for domain in domains:
         if paired:
-            cross[domain] = m.CrossMoments(dims["A"], dims["B"])
+            cross[domain] = m.CrossMoments(dims["A"], dims["B"], device)
             moments[(domain, "A")], moments[(domain, "B")] = cross[domain].x, cross[domain].y
         else:
             for name in stores:
-                moments[(domain, name)] = m.Moments(dims[name])
+                moments[(domain, name)] = m.Moments(dims[name], device)
     samples = {d: _sample_rows(mask, 2 * config.n_pairs, config.seed) for d, mask in domains.items()}
     picked: dict[tuple[str, str], list[np.ndarray]] = {(d, s): [] for d in domains for s in stores}
-    memo: dict[tuple[str, bytes], dict[str, float]] = {}
-    per_example = {d: _PerExample(examples, mask, list(stores), config.k, config.ch_tokens, memo)
+    queue = _SampleQueue(config.k, device)
+    per_example = {d: _PerExample(examples, mask, list(stores), config.ch_tokens, queue)
                    for d, mask in domains.items()}
 
     # one pass: moments, cross moments, row samples, per-example Compression Hacking metrics
     for start, acts in _batches(stores, hook, config.batch_tokens):
         stop = start + len(next(iter(acts.values())))
+        on_device = {name: dm.to_device(a, device) for name, a in acts.items()}
         for domain, mask in domains.items():
             local = np.flatnonzero(mask[start:stop])
             if not len(local):
                 continue
-            rows = {name: a[local] for name, a in acts.items()}
+            at = torch.from_numpy(local).to(device)
+            rows = {name: a[at] for name, a in on_device.items()}
             if paired:
                 cross[domain].update(rows["A"], rows["B"])
             else:
                 for name, x in rows.items():
                     moments[(domain, name)].update(x)
-            per_example[domain].add(examples[start + local], rows)
+            per_example[domain].add(examples[start + local],
+                                    {name: a[local] for name, a in acts.items()})
             sample = samples[domain]
             in_batch = sample[(sample >= start) & (sample < stop)] - start
             for name, a in acts.items():
                 picked[(domain, name)].append(a[in_batch])
-
+    queue.flush()
 
     layer = layer_of(hook)
     for domain in domains:
         for name in stores:
             key = (domain, name)
             sample = np.concatenate(picked[key]) if picked[key] else np.zeros((0, dims[name]))
-            values = _metrics(moments[key], per_example[domain].means[name], sample, config)
+            values = _metrics(moments[key], per_example[domain].means(name), sample, config,
+                              device)
             report.rows.append(GeometryRow(hook, layer, domain, name, moments[key].n, values))
         if paired:
             report.cka.append(CkaRow(hook, layer, domain, cross[domain].n, cross[domain].cka()))
 
 
-def _metrics(mo: m.Moments, ch: m.SampleMeans, sample: np.ndarray, config: GeometryConfig
-             ) -> dict[str, float]:
-    cov = mo.cov
-    std = np.sqrt(np.clip(np.diag(cov), 0, None))
-    out = {"anisotropy": m.anisotropy(sample, config.n_pairs, config.seed),
+def _metrics(mo: m.Moments, ch: m.SampleMeans, sample: np.ndarray, config: GeometryConfig,
+             device: torch.device) -> dict[str, float]:
+    """One model's metrics on one domain; the covariance stays on the device, decomposed
+    once for IsoScore, effective rank and matrix entropy."""
+    cov = mo.cov_tensor()
+    variances = torch.clamp(cov.diagonal(), min=0)
+    spectrum = m.spectrum(cov, device)
+    out = {"anisotropy": m.anisotropy(sample, config.n_pairs, config.seed, device),
            "anisotropy_z": m.anisotropy_zscored(sample, config.n_pairs, config.seed,
-                                                mean=mo.mean, std=std),
-           "top1_share": m.top_dim_variance_share(cov, 1),
-           "top3_share": m.top_dim_variance_share(cov, 3),
-           "isoscore": m.isoscore(cov=cov),
-           "effective_rank": m.effective_rank(cov=cov),
-           "matrix_entropy": m.matrix_entropy(cov)}
+                                                mean=mo.mean_tensor(),
+                                                std=torch.sqrt(variances), device=device),
+           "top1_share": m.top_variance_share(variances, 1),
+           "top3_share": m.top_variance_share(variances, 3),
+           "isoscore": m.isoscore_from_variances(spectrum),
+           "effective_rank": m.effective_rank_from_spectrum(spectrum),
+           "matrix_entropy": m.matrix_entropy_from_spectrum(spectrum)}
     out.update(ch.result())
-    out["twonn"] = (m.twonn_dimension(sample, seed=config.seed) if config.twonn else math.nan)
+    out["twonn"] = (m.twonn_dimension(sample, seed=config.seed, device=device) if config.twonn
+                    else math.nan)
     return {k: float(out[k]) for k in METRICS}
 
 

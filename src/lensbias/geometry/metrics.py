@@ -3,125 +3,171 @@
 Anisotropy (raw and z-scored), rogue-dimension variance share, IsoScore, effective rank,
 matrix entropy, the Compression Hacking metrics (per sample, averaged), linear CKA and TwoNN,
 plus streaming moments.
+
+Device: every function takes ``device`` (default ``cpu``) and computes in torch there, on
+the same code path everywhere (``lensbias.device_math``): rows travel as float32 (float64
+arrays stay float64), sums, Gram matrices and eigendecompositions run in float64 (float32
+on MPS, which has no float64), and results come back as Python floats or float64 numpy
+arrays. Against the float64 numpy implementation this replaced, on CPU (measured in
+tests/test_device_math.py on random data with planted structure at d = 16 to 384): moments
+and covariances agree to 1e-12 relative, anisotropy (raw, z-scored), IsoScore, effective
+rank, matrix entropy, CKA and the Compression Hacking metrics to 1e-9 relative or better
+(tested at 1e-6); the seeded pair and row draws are numpy's, so they are the same rows.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
+import torch
 from jaxtyping import Float
+
+from lensbias import device_math as dm
 
 EPS = 1e-12
 RIDGE = 1e-6
 """Ridge added to the normalised-row covariance (Compression Hacking: Σ + 1e-6·I)."""
+NOISE = 1e-9
+"""A sample's row this close to its mean (relative to its longest row) counts as the mean."""
+
+Device = str | torch.device
+Rows = np.ndarray | torch.Tensor
 
 
 class Moments:
     """Streaming first and second moments of rows, in float64, shifted for stability.
 
-    ``update`` takes ``[b, d]`` batches; ``mean`` and ``cov`` (ddof 1) equal the in-memory
-    figures of all rows seen. Sums are kept relative to the first batch's mean, so a large
-    common offset (rogue dimensions) does not cancel catastrophically.
+    ``update`` takes ``[b, d]`` batches (numpy, or tensors already on ``device``); ``mean``
+    and ``cov`` (ddof 1) equal the in-memory figures of all rows seen. Sums are kept
+    relative to the first batch's mean, so a large common offset (rogue dimensions) does not
+    cancel catastrophically. The sums live on ``device`` (the d × d update XᵀX is the cost);
+    the properties return numpy, the ``*_tensor`` methods the same on the device.
     """
 
-    def __init__(self, d: int):
+    def __init__(self, d: int, device: Device = "cpu"):
         self.d = d
         self.n = 0
-        self._shift: np.ndarray | None = None
-        self._sum = np.zeros(d, np.float64)
-        self._outer = np.zeros((d, d), np.float64)
+        self.device = dm.resolve(device)
+        dtype = dm.accumulation_dtype(self.device)
+        self._shift: torch.Tensor | None = None
+        self._sum = torch.zeros(d, dtype=dtype, device=self.device)
+        self._outer = torch.zeros((d, d), dtype=dtype, device=self.device)
 
-    def update(self, batch: Float[np.ndarray, "rows d"]) -> None:
-        x = np.asarray(batch, np.float64)
-        if x.ndim != 2 or x.shape[1] != self.d:
-            raise ValueError(f"expected a [rows, {self.d}] batch, got shape {x.shape}")
-        if not len(x):
-            return
+    def update(self, batch: Float[Rows, "rows d"]) -> None:
+        self._add(batch)
+
+    def _add(self, batch: Float[Rows, "rows d"]) -> torch.Tensor | None:
+        """Adds ``batch``; returns its rows minus the shift on the device (None if empty)."""
+        shape = tuple(batch.shape)
+        if len(shape) != 2 or shape[1] != self.d:
+            raise ValueError(f"expected a [rows, {self.d}] batch, got shape {shape}")
+        if not shape[0]:
+            return None
+        x = dm.to_device(batch, self.device)
         if self._shift is None:
             self._shift = x.mean(0)
         x = x - self._shift
         self.n += len(x)
         self._sum += x.sum(0)
-        self._outer += x.T @ x
+        self._outer.addmm_(x.T, x)
+        return x
+
+    def _nan(self, *shape: int) -> torch.Tensor:
+        return torch.full(shape, math.nan, dtype=self._sum.dtype, device=self.device)
+
+    def mean_tensor(self) -> Float[torch.Tensor, " d"]:
+        if self.n == 0:
+            return self._nan(self.d)
+        assert self._shift is not None
+        return self._shift + self._sum / self.n
+
+    def scatter_tensor(self) -> Float[torch.Tensor, "d d"]:
+        if self.n == 0:
+            return self._nan(self.d, self.d)
+        m = self._sum / self.n
+        return self._outer - self.n * torch.outer(m, m)
+
+    def cov_tensor(self) -> Float[torch.Tensor, "d d"]:
+        return self.scatter_tensor() / max(self.n - 1, 1)
 
     @property
     def mean(self) -> Float[np.ndarray, " d"]:
-        if self.n == 0:
-            return np.full(self.d, np.nan)
-        return self._shift + self._sum / self.n
+        return dm.to_numpy(self.mean_tensor())
 
     @property
     def scatter(self) -> Float[np.ndarray, "d d"]:
         """Σ (x − mean)(x − mean)ᵀ over all rows (the centred Gram matrix XcᵀXc)."""
-        if self.n == 0:
-            return np.full((self.d, self.d), np.nan)
-        m = self._sum / self.n
-        return self._outer - self.n * np.outer(m, m)
+        return dm.to_numpy(self.scatter_tensor())
 
     @property
     def cov(self) -> Float[np.ndarray, "d d"]:
         """Sample covariance (ddof 1)."""
-        return self.scatter / max(self.n - 1, 1)
+        return dm.to_numpy(self.cov_tensor())
 
     @property
     def second_moment(self) -> Float[np.ndarray, "d d"]:
         """Uncentred Σ x xᵀ / (n − 1): ZᵀZ/(L − 1) for already-centred rows Z."""
-        s = self._shift if self._shift is not None else np.zeros(self.d)
-        raw = self._outer + np.outer(self._sum, s) + np.outer(s, self._sum) + self.n * np.outer(s, s)
-        return raw / max(self.n - 1, 1)
+        s = self._shift if self._shift is not None else torch.zeros_like(self._sum)
+        raw = (self._outer + torch.outer(self._sum, s) + torch.outer(s, self._sum)
+               + self.n * torch.outer(s, s))
+        return dm.to_numpy(raw / max(self.n - 1, 1))
 
 
 class CrossMoments:
     """Streaming moments of paired rows ``x`` [b, dx] and ``y`` [b, dy] for linear CKA.
 
-    Accumulates XᵀX, YᵀY (as two ``Moments``) and YᵀX with column sums; the centred blocks
-    are recovered from the sums, e.g. YcᵀXc = ΣyxᵀΣ − n·ȳx̄ᵀ (shifted for stability).
+    Accumulates XᵀX, YᵀY (as two ``Moments``) and YᵀX with column sums, on ``device``; the
+    centred blocks are recovered from the sums, e.g. YcᵀXc = ΣyxᵀΣ − n·ȳx̄ᵀ (shifted for
+    stability).
     """
 
-    def __init__(self, dx: int, dy: int):
-        self.x = Moments(dx)
-        self.y = Moments(dy)
-        self._cross = np.zeros((dy, dx), np.float64)
+    def __init__(self, dx: int, dy: int, device: Device = "cpu"):
+        self.x = Moments(dx, device)
+        self.y = Moments(dy, device)
+        self._cross = torch.zeros((dy, dx), dtype=self.x._sum.dtype, device=self.x.device)
 
     @property
     def n(self) -> int:
         return self.x.n
 
-    def update(self, x: Float[np.ndarray, "rows dx"], y: Float[np.ndarray, "rows dy"]) -> None:
+    def update(self, x: Float[Rows, "rows dx"], y: Float[Rows, "rows dy"]) -> None:
         if len(x) != len(y):
             raise ValueError(f"paired batches differ in rows: {len(x)} vs {len(y)}")
         if not len(x):
             return
-        self.x.update(x)
-        self.y.update(y)
-        xs = np.asarray(x, np.float64) - self.x._shift
-        ys = np.asarray(y, np.float64) - self.y._shift
-        self._cross += ys.T @ xs
+        xs, ys = self.x._add(x), self.y._add(y)
+        assert xs is not None and ys is not None
+        self._cross.addmm_(ys.T, xs)
+
+    def cross_scatter_tensor(self) -> Float[torch.Tensor, "dy dx"]:
+        return self._cross - torch.outer(self.y._sum, self.x._sum) / max(self.n, 1)
 
     @property
     def cross_scatter(self) -> Float[np.ndarray, "dy dx"]:
         """YcᵀXc: the centred cross Gram matrix."""
-        n = self.n
-        return self._cross - np.outer(self.y._sum, self.x._sum) / max(n, 1)
+        return dm.to_numpy(self.cross_scatter_tensor())
 
     def cka(self) -> float:
-        return _cka_from_blocks(self.x.scatter, self.y.scatter, self.cross_scatter)
+        return _cka_from_blocks(self.x.scatter_tensor(), self.y.scatter_tensor(),
+                                self.cross_scatter_tensor())
 
 
-def _cka_from_blocks(xx: np.ndarray, yy: np.ndarray, yx: np.ndarray) -> float:
-    denom = np.linalg.norm(xx) * np.linalg.norm(yy)
-    if not np.isfinite(denom) or denom <= 0:
+def _cka_from_blocks(xx: torch.Tensor, yy: torch.Tensor, yx: torch.Tensor) -> float:
+    denom = float(torch.linalg.norm(xx) * torch.linalg.norm(yy))
+    if not math.isfinite(denom) or denom <= 0:
         return float("nan")
-    return float(np.sum(yx * yx) / denom)
+    return float((yx * yx).sum()) / denom
 
 
-def linear_cka(x: Float[np.ndarray, "n dx"], y: Float[np.ndarray, "n dy"]) -> float:
+def linear_cka(x: Float[Rows, "n dx"], y: Float[Rows, "n dy"], device: Device = "cpu"
+               ) -> float:
     """Linear CKA ‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F) on column-centred X, Y (widths may differ)."""
-    x = np.asarray(x, np.float64)
-    y = np.asarray(y, np.float64)
     if len(x) != len(y):
         raise ValueError(f"CKA needs the same rows: {len(x)} vs {len(y)}")
+    dev = dm.resolve(device)
+    x, y = dm.to_device(x, dev), dm.to_device(y, dev)
     x = x - x.mean(0)
     y = y - y.mean(0)
     return _cka_from_blocks(x.T @ x, y.T @ y, y.T @ x)
@@ -137,48 +183,63 @@ def _pairs(n: int, n_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return u, v
 
 
-def anisotropy(x: Float[np.ndarray, "n d"], n_pairs: int = 5000, seed: int = 0) -> float:
+def anisotropy(x: Float[Rows, "n d"], n_pairs: int = 5000, seed: int = 0,
+               device: Device = "cpu") -> float:
     """E[cos(h_u, h_v)] over ``n_pairs`` random pairs of distinct rows (Ethayarajh 2019)."""
-    x = np.asarray(x, np.float64)
-    u, v = _pairs(len(x), n_pairs, seed)
-    norms = np.linalg.norm(x, axis=1)
-    cos = np.einsum("ij,ij->i", x[u], x[v]) / np.maximum(norms[u] * norms[v], EPS)
+    dev = dm.resolve(device)
+    u, v = (torch.from_numpy(i).to(dev) for i in _pairs(len(x), n_pairs, seed))
+    x = dm.to_device(x, dev)
+    norms = torch.linalg.vector_norm(x, dim=1)
+    cos = (x[u] * x[v]).sum(1) / torch.clamp(norms[u] * norms[v], min=EPS)
     return float(cos.mean())
 
 
-def anisotropy_zscored(x: Float[np.ndarray, "n d"], n_pairs: int = 5000, seed: int = 0,
-                       mean: np.ndarray | None = None, std: np.ndarray | None = None) -> float:
+def anisotropy_zscored(x: Float[Rows, "n d"], n_pairs: int = 5000, seed: int = 0,
+                       mean: Float[Rows, " d"] | None = None,
+                       std: Float[Rows, " d"] | None = None, device: Device = "cpu") -> float:
     """Anisotropy after z-scoring every dimension (Timkey & van Schijndel 2021).
 
     ``mean``/``std`` default to the rows' own; pass the full data's when ``x`` is a sample.
     Dimensions with zero spread are set to 0.
     """
-    x = np.asarray(x, np.float64)
-    mean = x.mean(0) if mean is None else np.asarray(mean, np.float64)
-    std = x.std(0, ddof=1) if std is None else np.asarray(std, np.float64)
-    z = np.where(std > EPS, (x - mean) / np.where(std > EPS, std, 1.0), 0.0)
-    return anisotropy(z, n_pairs, seed)
+    dev = dm.resolve(device)
+    x = dm.to_device(x, dev)
+    mean = x.mean(0) if mean is None else dm.to_device(mean, dev)
+    std = x.std(0, correction=1) if std is None else dm.to_device(std, dev)
+    spread = std > EPS
+    z = torch.where(spread, (x - mean) / torch.where(spread, std, 1.0), 0.0)
+    return anisotropy(z, n_pairs, seed, dev)
 
 
-def top_dim_variance_share(cov: Float[np.ndarray, "d d"], k: int = 1) -> float:
+def top_dim_variance_share(cov: Float[Rows, "d d"], k: int = 1) -> float:
     """Share of total variance in the ``k`` highest-variance dimensions (rogue dimensions)."""
-    var = np.sort(np.clip(np.diag(np.asarray(cov, np.float64)), 0, None))[::-1]
+    diag = cov.diagonal() if isinstance(cov, torch.Tensor) else np.diag(np.asarray(cov))
+    return top_variance_share(diag, k)
+
+
+def top_variance_share(variances: Float[Rows, " d"], k: int = 1) -> float:
+    """``top_dim_variance_share`` from the per-dimension variances (a covariance's diagonal)."""
+    var = variances.detach().cpu().numpy() if isinstance(variances, torch.Tensor) else variances
+    var = np.sort(np.clip(np.asarray(var, np.float64), 0, None))[::-1]
     total = var.sum()
     return float(var[:k].sum() / total) if total > 0 else float("nan")
 
 
-def _cov_of(points: np.ndarray | None, cov: np.ndarray | None) -> np.ndarray:
+def _cov_of(points: Rows | None, cov: Rows | None, device: torch.device) -> torch.Tensor:
     if (points is None) == (cov is None):
         raise ValueError("pass exactly one of points or cov")
     if cov is not None:
-        return np.asarray(cov, np.float64)
-    return np.cov(np.asarray(points, np.float64), rowvar=False, ddof=1).reshape(
-        np.shape(points)[1], np.shape(points)[1])
+        return dm.to_device(cov, device)
+    x = dm.to_device(points, device)
+    x = x - x.mean(0)
+    return x.T @ x / (len(x) - 1)
 
 
-def _spectrum(cov: np.ndarray) -> np.ndarray:
-    """Eigenvalues of a symmetric matrix, descending, as magnitudes (= its singular values)."""
-    return np.sort(np.abs(np.linalg.eigvalsh((cov + cov.T) / 2)))[::-1]
+def spectrum(cov: Float[Rows, "d d"], device: Device = "cpu") -> Float[np.ndarray, " d"]:
+    """Eigenvalues of a symmetric matrix, descending, as magnitudes (= its singular values);
+    decomposed on ``device`` in float64 (``torch.linalg.eigvalsh``)."""
+    values = dm.eigvalsh(dm.to_device(cov, dm.resolve(device)))
+    return dm.to_numpy(torch.sort(torch.abs(values), descending=True).values)
 
 
 def isoscore_from_variances(v: Float[np.ndarray, " n"]) -> float:
@@ -194,23 +255,29 @@ def isoscore_from_variances(v: Float[np.ndarray, " n"]) -> float:
     return float(((n - delta ** 2 * (n - math.sqrt(n))) ** 2 - n) / (n * (n - 1)))
 
 
-def isoscore(points: Float[np.ndarray, "n d"] | None = None, *,
-             cov: Float[np.ndarray, "d d"] | None = None) -> float:
+def isoscore(points: Float[Rows, "n d"] | None = None, *,
+             cov: Float[Rows, "d d"] | None = None, device: Device = "cpu") -> float:
     """IsoScore (Rudman et al. 2022) of a point cloud ``[samples, dim]`` or its covariance:
     1 for isotropic data, 0 for data along one direction."""
-    return isoscore_from_variances(_spectrum(_cov_of(points, cov)))
+    dev = dm.resolve(device)
+    return isoscore_from_variances(spectrum(_cov_of(points, cov, dev), dev))
 
 
-def effective_rank(points: Float[np.ndarray, "n d"] | None = None, *,
-                   cov: Float[np.ndarray, "d d"] | None = None) -> float:
+def effective_rank(points: Float[Rows, "n d"] | None = None, *,
+                   cov: Float[Rows, "d d"] | None = None, device: Device = "cpu") -> float:
     """exp(−Σ p_k log p_k), p_k = σ_k/Σσ over singular values σ of the centred matrix
     (Roy & Vetterli 2007); from a covariance σ_k ∝ √λ_k."""
+    dev = dm.resolve(device)
     if points is not None and cov is None:
-        x = np.asarray(points, np.float64)
-        sigma = np.linalg.svd(x - x.mean(0), compute_uv=False)
-    else:
-        sigma = np.sqrt(_spectrum(_cov_of(points, cov)))
-    return float(np.exp(_entropy(sigma)))
+        x = dm.to_device(points, dev)
+        sigma = dm.to_numpy(torch.linalg.svdvals(x - x.mean(0)))
+        return float(np.exp(_entropy(sigma)))
+    return effective_rank_from_spectrum(spectrum(_cov_of(points, cov, dev), dev))
+
+
+def effective_rank_from_spectrum(eigenvalues: Float[np.ndarray, " d"]) -> float:
+    """``effective_rank`` of a covariance with these eigenvalues (σ_k ∝ √λ_k)."""
+    return float(np.exp(_entropy(np.sqrt(np.asarray(eigenvalues, np.float64)))))
 
 
 def _entropy(weights: np.ndarray) -> float:
@@ -221,44 +288,66 @@ def _entropy(weights: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def matrix_entropy(cov: Float[np.ndarray, "d d"]) -> float:
+def matrix_entropy(cov: Float[Rows, "d d"], device: Device = "cpu") -> float:
     """−Σ λ̂ log λ̂ (nats) over the eigenvalues of ``cov`` normalised to trace 1."""
-    return _entropy(_spectrum(np.asarray(cov, np.float64)))
+    return matrix_entropy_from_spectrum(spectrum(cov, device))
+
+
+def matrix_entropy_from_spectrum(eigenvalues: Float[np.ndarray, " d"]) -> float:
+    """``matrix_entropy`` of a matrix with these eigenvalue magnitudes."""
+    return _entropy(np.asarray(eigenvalues, np.float64))
 
 
 CH_METRICS = ("ch_de", "ch_se", "ch_anisotropy_k", "ch_semantic_cv", "ch_de_razor", "ch_de_pcs")
 """Compression Hacking metrics of one sample (``sample_compression_metrics``), in report order."""
 
 
-def _normalised_spectrum(z: Float[np.ndarray, "rows d"], with_top: bool = False
-                         ) -> tuple[Float[np.ndarray, " d"], np.ndarray | None]:
-    """λ = eig(ZᵀZ/(L−1) + 1e-6·I) / trace, all d of them, descending, for rows Z; with
-    ``with_top`` also Z's top right-singular vector ``[d]`` (ZᵀZ's top eigenvector).
+def _normalised_spectrum(z: Float[torch.Tensor, "samples rows d"],
+                         lengths: Float[torch.Tensor, " samples"], with_top: bool = False
+                         ) -> tuple[Float[torch.Tensor, "samples d"], torch.Tensor | None]:
+    """Per sample, λ = eig(ZᵀZ/(L−1) + 1e-6·I) / trace, all d of them, descending, for rows Z
+    (zero-padded to a common row count; ``lengths`` holds each sample's L); with
+    ``with_top`` also Z's top right-singular vector ``[samples, d]`` (ZᵀZ's top eigenvector).
 
-    With fewer rows than dimensions the nonzero eigenvalues of ZᵀZ are those of ZZᵀ (L × L),
-    the rest 0; the ridge is added to all d, as the reference does on the d × d matrix."""
-    rows, d = z.shape
-    gram = z @ z.T if rows < d else z.T @ z
-    gram = (gram + gram.T) / 2
+    With fewer rows than dimensions the nonzero eigenvalues of ZᵀZ are those of ZZᵀ (rows ×
+    rows; padded rows add zeros), the rest 0; the ridge is added to all d, as the reference
+    does on the d × d matrix."""
+    _, rows, d = z.shape
+    gram = z @ z.transpose(1, 2) if rows < d else z.transpose(1, 2) @ z
     if with_top:
-        eig, vecs = np.linalg.eigh(gram)
-        top = vecs[:, -1] if rows >= d else z.T @ vecs[:, -1]
-        top = top / max(np.linalg.norm(top), EPS)
+        eig, vecs = dm.eigh(gram)
+        top = vecs[..., -1]
+        if rows < d:
+            top = (z.transpose(1, 2) @ top[..., None])[..., 0]
+        top = top / torch.clamp(torch.linalg.vector_norm(top, dim=1, keepdim=True), min=EPS)
     else:
-        eig, top = np.linalg.eigvalsh(gram), None
-    eig = np.concatenate([np.clip(eig, 0.0, None), np.zeros(d - len(eig))])
-    eig = eig / max(rows - 1, 1) + RIDGE
-    return np.sort(eig)[::-1] / eig.sum(), top
+        eig, top = dm.eigvalsh(gram), None
+    eig = torch.clamp(eig, min=0.0)
+    eig = torch.cat([eig, eig.new_zeros(len(eig), d - eig.shape[1])], dim=1)
+    eig = eig / torch.clamp(lengths - 1, min=1)[:, None] + RIDGE
+    return torch.sort(eig, dim=1, descending=True).values / eig.sum(1, keepdim=True), top
 
 
-def _centre_normalise(x: Float[np.ndarray, "rows d"]) -> Float[np.ndarray, "rows d"]:
-    """The reference's ``normalize``: centre by the sample's own mean, rows to unit L2 norm
-    (a row that is exactly the mean stays 0; the reference would divide 0 by 0)."""
-    x = np.asarray(x, np.float64)
-    return normalise_rows(x, x.mean(0))
+def _centre_normalise(x: Float[torch.Tensor, "samples rows d"],
+                      mask: Float[torch.Tensor, "samples rows 1"],
+                      lengths: Float[torch.Tensor, " samples"], scale: float | None = None
+                      ) -> Float[torch.Tensor, "samples rows d"]:
+    """The reference's ``normalize`` per sample: centre by the sample's own mean (over its
+    real rows; padded rows of ``x`` are 0), rows to unit L2 norm; padded rows come out 0.
+    A row at the mean stays 0 (the reference would divide 0 by 0), and so does one within
+    ``NOISE × scale`` of it (``scale``: the rows' length before, 1 for the razor's unit
+    rows; default: the sample's longest centred row): that is rounding (the razor's residue
+    of a row along the removed direction, e.g. both rows of a 2-row sample), which scaled
+    to unit length would make ``ch_de_razor`` depend on the BLAS (up to 1e-3 relative,
+    before)."""
+    z = x - x.sum(1, keepdim=True) / lengths[:, None, None]
+    norm = torch.linalg.vector_norm(z, dim=2, keepdim=True) * mask
+    real = norm > NOISE * (norm.amax(dim=1, keepdim=True) if scale is None else scale)
+    return z * (real / torch.clamp(norm, min=EPS))
 
 
-def sample_compression_metrics(tokens: Float[np.ndarray, "rows d"], k: int = 4) -> dict[str, float]:
+def sample_compression_metrics(tokens: Float[Rows, "rows d"], k: int = 4,
+                               device: Device = "cpu") -> dict[str, float]:
     """Compression Hacking (arXiv 2505.17793, hggzjx/compression_hacking ``MetricLab``) of one
     sample: ``tokens`` is one sentence's token matrix ``[L, d]``, L ≥ 2.
 
@@ -271,37 +360,94 @@ def sample_compression_metrics(tokens: Float[np.ndarray, "rows d"], k: int = 4) 
     rows and takes DE of all d eigenvalues again; ``ch_de_pcs`` ("pcs", the reference's
     default razor) sets all d eigenvalues to the largest: −d · log λ_max.
     """
-    x = np.asarray(tokens, np.float64)
-    if x.ndim != 2 or len(x) < 2:
-        raise ValueError(f"a sample needs a [rows >= 2, d] token matrix, got shape {x.shape}")
-    z = _centre_normalise(x)
-    lam, top = _normalised_spectrum(z, with_top=True)
+    return compression_metrics_batch([tokens], k, device)[0]
+
+
+def compression_metrics_batch(samples: Sequence[Float[Rows, "rows d"]], k: int = 4,
+                              device: Device = "cpu", chunk_values: int | None = None
+                              ) -> list[dict[str, float]]:
+    """``sample_compression_metrics`` of many samples of one width on ``device``, decomposed
+    in batches (zero-padded to the longest in the batch) of about ``chunk_values`` numbers
+    each: one call per batch instead of one per sample. The eigenvalues are float64; a
+    batch whose longest sample has L ≥ d rows uses the d × d Gram matrices, else the rows
+    × rows ones (the same nonzero spectrum). ``chunk_values`` defaults to 2¹⁸ on the CPU
+    (cache-sized: on 2 cores larger batches were up to 2× slower) and 2²⁴ elsewhere (fewer,
+    larger kernels; not measured, no GPU was at hand)."""
+    shapes = [tuple(s.shape) for s in samples]
+    if any(len(shape) != 2 or shape[0] < 2 or shape[1] != shapes[0][1] for shape in shapes):
+        raise ValueError(f"a sample needs a [rows >= 2, d] token matrix of one width d, got "
+                         f"shapes {sorted(set(shapes))}")
+    dev = dm.resolve(device)
+    if chunk_values is None:
+        chunk_values = 1 << 18 if dev.type == "cpu" else 1 << 24
+    out: list[dict[str, float]] = []
+    start = 0
+    while start < len(samples):
+        stop, longest = start + 1, shapes[start][0]
+        while stop < len(samples) and (stop + 1 - start) * max(longest, shapes[stop][0]) \
+                * shapes[0][1] <= chunk_values:
+            longest = max(longest, shapes[stop][0])
+            stop += 1
+        out.extend(_compression_batch(samples[start:stop], k, dev))
+        start = stop
+    return out
+
+
+def _compression_batch(samples: Sequence[Float[Rows, "rows d"]], k: int,
+                       device: torch.device) -> list[dict[str, float]]:
+    sizes = [len(s) for s in samples]
+    flat = dm.to_device(samples[0] if len(samples) == 1 else _concat(samples), device)
+    lengths = torch.tensor(sizes, dtype=flat.dtype, device=device)
+    which = torch.repeat_interleave(torch.arange(len(sizes), device=device),
+                                    torch.tensor(sizes, device=device))
+    starts = torch.tensor(np.cumsum([0] + sizes[:-1]), device=device)
+    x = flat.new_zeros((len(sizes), max(sizes), flat.shape[1]))
+    x[which, torch.arange(len(flat), device=device) - starts[which]] = flat
+    mask = (torch.arange(max(sizes), device=device)[None] < lengths[:, None]
+            ).to(flat.dtype)[..., None]
+    z = _centre_normalise(x, mask, lengths)
+    lam, top = _normalised_spectrum(z, lengths, with_top=True)
     assert top is not None
-    d = len(lam)
-    de = float(-np.log(lam).sum())
+    d = lam.shape[1]
+    de = -torch.log(lam).sum(1)
     kk = max(1, min(k, d // 2))
-    aniso = float(np.mean(lam[:kk] / lam[::-1][:kk]))
-    razored, _ = _normalised_spectrum(_centre_normalise(z - np.outer(z @ top, top)))
-    return {"ch_de": de, "ch_se": float(-(lam * np.log(lam)).sum()), "ch_anisotropy_k": aniso,
-            "ch_semantic_cv": aniso / de if de != 0 else float("nan"),
-            "ch_de_razor": float(-np.log(razored).sum()),
-            "ch_de_pcs": float(-d * np.log(lam[0]))}
+    aniso = (lam[:, :kk] / lam.flip(1)[:, :kk]).mean(1)
+    removed = torch.baddbmm(z, z @ top[..., None], top[:, None, :], alpha=-1.0)
+    razored, _ = _normalised_spectrum(_centre_normalise(removed, mask, lengths, 1.0), lengths)
+    columns = {"ch_de": de, "ch_se": -(lam * torch.log(lam)).sum(1), "ch_anisotropy_k": aniso,
+               "ch_de_razor": -torch.log(razored).sum(1), "ch_de_pcs": -d * torch.log(lam[:, 0])}
+    values = {key: dm.to_numpy(v).tolist() for key, v in columns.items()}
+    out = []
+    for i in range(len(sizes)):
+        row = {key: values[key][i] for key in columns}
+        row["ch_semantic_cv"] = (row["ch_anisotropy_k"] / row["ch_de"] if row["ch_de"] != 0
+                                 else float("nan"))
+        out.append({key: row[key] for key in CH_METRICS})
+    return out
+
+
+def _concat(samples: Sequence[Rows]) -> Rows:
+    if all(isinstance(s, torch.Tensor) for s in samples):
+        return torch.cat(list(samples))
+    return np.concatenate([s.detach().cpu().numpy() if isinstance(s, torch.Tensor) else s
+                           for s in samples])
 
 
 class SampleMeans:
     """Compression Hacking metrics averaged over samples, as the reference's ``compute_metrics``
     averages its per-sample list (the ratio semantic CV is averaged, not recomputed)."""
 
-    def __init__(self, k: int = 4):
+    def __init__(self, k: int = 4, device: Device = "cpu"):
         self.k = k
+        self.device = device
         self.n = 0
         self._sums = dict.fromkeys(CH_METRICS, 0.0)
 
-    def add(self, tokens: Float[np.ndarray, "rows d"]) -> dict[str, float] | None:
+    def add(self, tokens: Float[Rows, "rows d"]) -> dict[str, float] | None:
         """One sample's token matrix (its metrics are returned); fewer than 2 rows: skipped."""
         if len(tokens) < 2:
             return None
-        values = sample_compression_metrics(tokens, self.k)
+        values = sample_compression_metrics(tokens, self.k, self.device)
         self.add_values(values)
         return values
 
@@ -315,16 +461,16 @@ class SampleMeans:
         return {key: (v / self.n if self.n else float("nan")) for key, v in self._sums.items()}
 
 
-def pooled_compression_metrics(cov_normalised: Float[np.ndarray, "d d"], k: int = 4
-                               ) -> dict[str, float]:
+def pooled_compression_metrics(cov_normalised: Float[Rows, "d d"], k: int = 4,
+                               device: Device = "cpu") -> dict[str, float]:
     """Not the paper's: the Compression Hacking spectra of ONE covariance ``ZᵀZ/(L−1)`` pooled
     over all tokens (Z centred by the data's mean, L2-normalised). With Σ + 1e-6·I and
     λ = eig/tr: DE, SE, anisotropy_k and semantic_cv as in ``sample_compression_metrics``, and
     ``de_without_top`` = DE of the spectrum without its top eigenvalue (renormalised), which is
     not the reference's razor either. Kept for comparison with earlier lensbias figures."""
-    sigma = np.asarray(cov_normalised, np.float64)
-    sigma = sigma + RIDGE * np.eye(len(sigma))
-    lam = np.clip(np.linalg.eigvalsh((sigma + sigma.T) / 2), RIDGE * 1e-3, None)[::-1]
+    sigma = dm.to_device(cov_normalised, dm.resolve(device))
+    sigma = sigma + RIDGE * torch.eye(len(sigma), dtype=sigma.dtype, device=sigma.device)
+    lam = np.clip(dm.to_numpy(dm.eigvalsh(sigma)), RIDGE * 1e-3, None)[::-1]
     lam = lam / lam.sum()
     de = float(-np.log(lam).sum())
     se = float(-(lam * np.log(lam)).sum())
@@ -336,26 +482,19 @@ def pooled_compression_metrics(cov_normalised: Float[np.ndarray, "d d"], k: int 
             "de_without_top": float(-np.log(rest).sum())}
 
 
-def normalise_rows(x: Float[np.ndarray, "n d"], mean: Float[np.ndarray, " d"]
-                   ) -> Float[np.ndarray, "n d"]:
-    """Rows centred by ``mean`` (the data's) and scaled to unit L2 norm (zero rows stay 0)."""
-    z = np.asarray(x, np.float64) - mean
-    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), EPS)
-
-
-def twonn_dimension(x: Float[np.ndarray, "n d"], max_points: int = 2000, seed: int = 0) -> float:
+def twonn_dimension(x: Float[Rows, "n d"], max_points: int = 2000, seed: int = 0,
+                    device: Device = "cpu") -> float:
     """TwoNN intrinsic dimension (Facco et al. 2017): d̂ = N / Σ log(r₂/r₁) on a seeded
     subsample of at most ``max_points`` rows; rows with a duplicate (r₁ = 0) are dropped."""
-    x = np.asarray(x, np.float64)
     if len(x) > max_points:
         x = x[np.sort(np.random.default_rng(seed).choice(len(x), max_points, replace=False))]
     if len(x) < 3:
         return float("nan")
+    x = dm.to_device(x, dm.resolve(device))
     sq = (x * x).sum(1)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0)
-    np.fill_diagonal(d2, np.inf)
-    two = np.sqrt(np.partition(d2, 1, axis=1)[:, :2])
+    d2 = torch.clamp(sq[:, None] + sq[None, :] - 2 * x @ x.T, min=0.0)
+    d2.fill_diagonal_(math.inf)
+    two = torch.sqrt(torch.topk(d2, 2, dim=1, largest=False).values)
     ok = two[:, 0] > EPS
-    mu = two[ok, 1] / two[ok, 0]
-    logs = np.log(mu).sum()
-    return float(ok.sum() / logs) if logs > 0 else float("nan")
+    logs = float(torch.log(two[ok, 1] / two[ok, 0]).sum())
+    return float(int(ok.sum()) / logs) if logs > 0 else float("nan")
