@@ -46,6 +46,7 @@ def test_diff_on_cpu_records_the_device(setup):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["provenance"]["config"]["device"] == "cpu"
     assert summary["probes"]["config"]["device"] == "cpu"  # diff -> ProbeConfig
+    assert summary["geometry"]["config"]["device"] == "cpu"  # diff -> GeometryConfig
     assert summary["probes"]["rows"]
     (sae_info,) = (out / "artefacts").glob("sae-*/a/lensbias.json")
     assert json.loads(sae_info.read_text())["config"]["device"] == "cpu"  # diff -> SAEConfig

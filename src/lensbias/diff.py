@@ -65,9 +65,11 @@ class DiffConfig:
     probe_ceiling: bool = True
     """Half-split probes for the direction-cosine ceiling (``ProbeConfig.ceiling``)."""
     device: str = "cpu"
-    """Torch device for the models (compression, caching, behaviour), the probes
-    (``ProbeConfig.device``) and the SAEs (``SAEConfig.device``); geometry, the alignment
-    maps and bootstraps still run on the CPU in numpy from the cached activations."""
+    """Torch device for the models (compression, caching, behaviour), the probes, their
+    alignment maps and bootstrap replicates (``ProbeConfig.device``), the SAEs
+    (``SAEConfig.device``) and their alignment map, and geometry (``GeometryConfig.device``:
+    moments, spectra, CKA, anisotropy, Compression Hacking spectra); the cached activations
+    are read on the host and moved there batch by batch."""
 
 
 def check_out(out: Path, force: bool) -> None:
@@ -279,7 +281,8 @@ def _sae(store_a: Any, store_b: Any, hook: str, config: DiffConfig, out: Path) -
     sae2 = train_sae(store_a, hook, replace(cfg, seed=cfg.seed + 1), out_dir=folder / "a-seed2")
     sae_b = train_sae(store_b, hook, cfg, out_dir=folder / "b")
     held, _ = heldout_rows(store_a, cfg.holdout_fraction, cfg.split_seed)
-    align, align_info = fit_alignment(store_a, store_b, hook, ~held, seed=config.seed)
+    align, align_info = fit_alignment(store_a, store_b, hook, ~held, seed=config.seed,
+                                      device=config.device)
     info = read_info(folder / "a")  # training times stay in lensbias.json: the summary is
     info["training"] = {k: v for k, v in info.get("training", {}).items()  # deterministic
                         if k not in ("seconds", "tokens_per_second")}
@@ -295,8 +298,8 @@ def _geometry(store_a: Any, store_b: Any, config: DiffConfig) -> dict[str, Any]:
     from lensbias.probes.floors import EMBED_HOOK
 
     hooks = config.hooks or tuple(h for h in store_a.hooks if h != EMBED_HOOK)
-    return compare_geometry(store_a, store_b, GeometryConfig(seed=config.seed, hooks=hooks)
-                            ).to_dict()
+    return compare_geometry(store_a, store_b, GeometryConfig(seed=config.seed, hooks=hooks,
+                                                             device=config.device)).to_dict()
 
 
 def _behaviour(a: Any, b: Any, data: Any, store_a: Any, config: DiffConfig) -> dict[str, Any]:

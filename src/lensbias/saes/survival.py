@@ -187,11 +187,12 @@ def _assign(cos: np.ndarray, min_cosine: float) -> dict[str, Any]:
 def fit_alignment(store_a: ActivationStore, store_b: ActivationStore, hook: str,
                   train: Bool[np.ndarray, " tokens"], kind: str = "affine",
                   max_tokens: int = 8192, seed: int = 0, hook_b: str | None = None,
-                  outlier_norm_ratio: float | None = 10.0) -> tuple[Any, dict[str, Any]]:
+                  outlier_norm_ratio: float | None = 10.0, device: str = "cpu"
+                  ) -> tuple[Any, dict[str, Any]]:
     """The label-free map of B onto A (``lensbias.probes.align.AlignMap``) that the aligned
     readout uses, fitted on up to ``max_tokens`` unlabeled rows drawn from ``train`` (the
-    SAE's training documents; never held-out ones), outlier norms on either side left out.
-    Returns ``(map, info)``."""
+    SAE's training documents; never held-out ones), outlier norms on either side left out,
+    on ``device`` (``AlignMap.device``). Returns ``(map, info)``."""
     from lensbias.probes.align import AlignMap
 
     pool = np.flatnonzero(np.asarray(train, dtype=bool))
@@ -204,7 +205,7 @@ def fit_alignment(store_a: ActivationStore, store_b: ActivationStore, hook: str,
         for h in (h_a, h_b):
             norm = np.linalg.norm(h, axis=1)
             keep &= norm <= outlier_norm_ratio * np.median(norm)
-    fitted = AlignMap(kind).fit(h_b[keep], h_a[keep])
+    fitted = AlignMap(kind, device).fit(h_b[keep], h_a[keep])
     return fitted, {"fit_tokens": int(keep.sum()), "fit_on": "training documents (unlabeled)",
                     "seed": seed}
 
