@@ -31,16 +31,18 @@ def accumulation_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def to_device(x: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_device(x: np.ndarray | torch.Tensor, device: torch.device, widen: bool = True
+              ) -> torch.Tensor:
     """``x`` on ``device`` in the accumulation dtype (float32 on the wire unless ``x`` is
-    float64 already)."""
+    float64 already); with ``widen=False`` in the wire's dtype (to widen only the rows
+    picked from it)."""
     dtype = accumulation_dtype(device)
     if isinstance(x, torch.Tensor):
-        return x.to(device=device, dtype=dtype)
+        return x.to(device=device, dtype=dtype) if widen else x.to(device)
     x = np.asarray(x)
     wire = np.float64 if x.dtype == np.float64 and dtype == torch.float64 else np.float32
-    host = torch.from_numpy(np.require(x, wire, requirements=["C", "W"]))
-    return host.to(device).to(dtype)
+    host = torch.from_numpy(np.require(x, wire, requirements=["C", "W"])).to(device)
+    return host.to(dtype) if widen else host
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
