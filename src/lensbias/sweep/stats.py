@@ -268,7 +268,7 @@ def mixed_model(design: Design, confidence: float = CONFIDENCE) -> dict[str, Any
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             model = smf.mixedlm("y ~ xc * xd", frame, groups="one", vc_formula=vc, re_formula="0")
-            fit = model.fit(reml=True, method=["lbfgs"])
+            fit = model.fit(reml=True, method=["lbfgs", "powell"])  # powell where lbfgs fails
     except Exception as err:  # singular designs, too few levels: reported, not raised
         return {"error": f"{type(err).__name__}: {err}"}
     est, se = float(fit.fe_params["xc:xd"]), float(fit.bse_fe["xc:xd"])
