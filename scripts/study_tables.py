@@ -76,7 +76,7 @@ def kinds_table(rows: list[dict[str, Any]]) -> None:
 def inversion_table(result: dict[str, Any], kind: str) -> None:
     rows = [r for r in result["inversion"]["rows"] if r["kind"] == kind]
     print("| reading | method | level | I | seed t 95% | cluster bootstrap 95% (resamples, "
-          "RNG spread) | mixed model 95% | p (Holm) | S(code\\|code) | S(code\\|prose) | "
+          "bound spread over 10 RNG seeds; the envelope over them where not stable) | mixed model 95% | p (Holm) | S(code\\|code) | S(code\\|prose) | "
           "S(prose\\|code) | S(prose\\|prose) | seeds · corpora · concepts |")
     print("|---|---|---:|---:|---|---|---|---:|---:|---:|---:|---:|---|")
     for r in sorted(rows, key=lambda r: (r["method"], str(r["level"]),
@@ -85,8 +85,8 @@ def inversion_table(result: dict[str, Any], kind: str) -> None:
         b = r.get("bootstrap") or {}
         mix = r.get("mixed") or {}
         nc, nk = r["n_corpora"], r["n_concepts"]
-        boot = (f"{_ci(b.get('ci'))} ({b.get('n_boot')}, {_f(b.get('rng_spread'))}"
-                f"{'' if b.get('stable') else ', not stable'})" if b else "–")
+        boot = (f"{'' if b.get('stable') else 'envelope '}{_ci(b.get('read'))} "
+                f"({b.get('n_boot')}, spread {_f(b.get('rng_spread'))})" if b else "–")
         mixed = (_ci(mix.get("ci")) + ("" if mix.get("converged", True) else " (not converged)")
                  if "ci" in mix else mix.get("error", "–"))
         print(f"| {r['reading'].replace('_', ' ')} | {r['method']} | {r['level']} | "

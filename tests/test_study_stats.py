@@ -104,6 +104,10 @@ def test_bootstrap_raises_resamples_until_bounds_are_stable():
     assert loose["stable"] and loose["n_boot"] == 200
     tight = stable_bootstrap(d, n_boot=200, max_boot=800, n_rng=4, tolerance=1e-6)
     assert not tight["stable"] and tight["n_boot"] == 800 and tight["rng_spread"] > 1e-6
+    lo, hi = tight["envelope"]
+    assert lo <= tight["ci"][0] and tight["ci"][1] <= hi and tight["read"] == [lo, hi]
+    assert loose["read"] == loose["ci"]
+    assert max(tight["bound_spread"]) == pytest.approx(tight["rng_spread"])
 
 
 def test_document_replicates_widen_the_bootstrap():

@@ -221,7 +221,12 @@ def stable_bootstrap(design: Design, n_boot: int = 2000, max_boot: int = 32000,
                      n_rng: int = 10, tolerance: float = TOLERANCE,
                      confidence: float = CONFIDENCE) -> dict[str, Any]:
     """Percentile interval of the cluster bootstrap, with the resample count raised until
-    each bound moves by less than ``tolerance`` across ``n_rng`` RNG seeds."""
+    each bound moves by less than ``tolerance`` across ``n_rng`` RNG seeds.
+
+    ``ci`` is RNG seed 0's interval; ``envelope`` the widest over the RNG seeds (lowest
+    lower bound, highest upper bound); ``read`` the one to read: ``ci`` when stable, else
+    the envelope (the cap stopped the doubling first). ``bound_spread``: how far each
+    bound moved."""
     alpha = (1 - confidence) / 2
     while True:
         bounds = []
@@ -237,10 +242,14 @@ def stable_bootstrap(design: Design, n_boot: int = 2000, max_boot: int = 32000,
                 or not math.isfinite(spread):
             break
         n_boot *= 2
-    return {"ci": bounds[0] if np.isfinite(b).all() else None, "n_boot": n_boot,
+    ok = bool(np.isfinite(b).all())
+    stable = bool(math.isfinite(spread) and spread < tolerance)
+    envelope = [float(b[:, 0].min()), float(b[:, 1].max())] if ok else None
+    return {"ci": bounds[0] if ok else None, "n_boot": n_boot, "envelope": envelope,
+            "read": (bounds[0] if stable else envelope) if ok else None,
+            "bound_spread": [float(np.ptp(b[:, 0])), float(np.ptp(b[:, 1]))] if ok else None,
             "n_rng": n_rng, "rng_spread": spread if math.isfinite(spread) else None,
-            "stable": bool(math.isfinite(spread) and spread < tolerance),
-            "tolerance": tolerance}
+            "stable": stable, "tolerance": tolerance}
 
 
 VARIANCE_COMPONENTS = {"seed": "0 + C(seed)", "concept": "0 + C(concept)",
@@ -450,7 +459,7 @@ def inversion_table(result: dict[str, Any]) -> str:
             p = mix.get("p_holm")
             lines.append(f"{r['reading']:<16} {r['method']:<12} {r['level']!s:>6} {val:>7}  "
                          f"{ci((r.get('seed_t') or {}).get('ci')):<17} "
-                         f"{ci((r.get('bootstrap') or {}).get('ci')):<17} "
+                         f"{ci((r.get('bootstrap') or {}).get('read')):<17} "
                          f"{ci(mix.get('ci')):<17} "
                          f"{'–' if p is None else f'{p:.3f}':>7}")
         lines.append("")
