@@ -195,7 +195,7 @@ def test_diff_report_layout(report):
 
 
 def test_committed_study_report_layout(tmp_path):
-    """The sweep report of the committed study (13 interaction bars, seven phase-curve
+    """The sweep report of the committed first study (13 interaction bars, seven phase-curve
     panels, long method names) fits the window, and no chart text is cut off."""
     import gzip
     import json
@@ -203,10 +203,31 @@ def test_committed_study_report_layout(tmp_path):
     from lensbias.report.sweep import render_sweep_html
     from lensbias.sweep import analyse
 
-    results = Path(__file__).parent.parent / "docs" / "study" / "study-results.jsonl.gz"
+    results = Path(__file__).parent.parent / "docs" / "study" / "v1" / "study-results.jsonl.gz"
     with gzip.open(results, "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
     path = tmp_path / "study.html"
     path.write_text(render_sweep_html(rows, analyse(rows, n_boot=20), linked=set()),
                     encoding="utf-8")
+    assert layout_problems(path) == []
+
+
+def test_committed_v2_study_report_layout(tmp_path):
+    """The sweep report of the committed v2 study (MiniLM: the study table with three
+    readings, both kinds, two methods) fits the window, and no chart text is cut off. The
+    study section comes from the committed analysis (its bootstraps take minutes)."""
+    import gzip
+    import json
+
+    from lensbias.report.sweep import render_sweep_html
+    from lensbias.sweep import analyse
+
+    here = Path(__file__).parent.parent / "docs" / "study"
+    with gzip.open(here / "minilm-results.jsonl.gz", "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    saved = json.loads((here / "minilm-analysis.json").read_text(encoding="utf-8"))
+    analysis = {**analyse(rows, n_boot=20, study_boot=0), "inversion": saved["inversion"]}
+    path = tmp_path / "study.html"
+    path.write_text(render_sweep_html(rows, analysis, linked=set()), encoding="utf-8")
+    assert "id='inversion'" in path.read_text(encoding="utf-8")
     assert layout_problems(path) == []
