@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from lensbias.sweep.config import MORE_IS_LESS
-from lensbias.sweep.stats import row_calib_domain
+from lensbias.sweep.stats import method_label, row_calib_domain
 
 THRESHOLD = 0.5
 DOMAINS = ("code", "prose")
@@ -42,12 +42,6 @@ DOMAINS = ("code", "prose")
 
 def _ok(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def method_label(row: dict[str, Any]) -> str:
-    """The method's name, with its module groups when not the default: ``magnitude@attn``."""
-    targets = row.get("targets")
-    return row["method"] if targets in (None, "attn+mlp") else f"{row['method']}@{targets}"
 
 
 def _rows_with_survival(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

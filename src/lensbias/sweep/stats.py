@@ -78,9 +78,23 @@ def row_calib_domain(row: dict[str, Any]) -> str | None:
     return dom if dom in DOMAINS else None
 
 
-def method_key(row: dict[str, Any]) -> str:
+def method_label(row: dict[str, Any]) -> str:
+    """The method's name, with its module groups when not the default: ``magnitude@attn``."""
     targets = row.get("targets")
     return row["method"] if targets in (None, "attn+mlp") else f"{row['method']}@{targets}"
+
+
+def t_interval(values: np.ndarray, confidence: float = CONFIDENCE
+               ) -> tuple[float, list[float], float, int]:
+    """Mean, t interval (n − 1 degrees of freedom), standard error and n of ``values``
+    (at least two)."""
+    from scipy import stats
+
+    n = len(values)
+    se = float(np.std(values, ddof=1)) / math.sqrt(n)
+    q = float(stats.t.ppf(0.5 + confidence / 2, n - 1))
+    mean = float(np.mean(values))
+    return mean, [mean - q * se, mean + q * se], se, n
 
 
 class Design:
@@ -172,11 +186,8 @@ def seed_t(design: Design, confidence: float = CONFIDENCE) -> dict[str, Any]:
                            "mean": float(values.mean()) if len(values) else None,
                            "ci": None, "p": None}
     if len(values) >= 2:
-        sd = float(values.std(ddof=1))
-        se = sd / math.sqrt(len(values))
-        q = float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1))
-        out["ci"] = [out["mean"] - q * se, out["mean"] + q * se]
-        out["sd"] = sd
+        _, out["ci"], se, n = t_interval(values, confidence)
+        out["sd"] = se * math.sqrt(n)
         out["p"] = (float(2 * stats.t.sf(abs(out["mean"]) / se, len(values) - 1))
                     if se > 0 else (0.0 if out["mean"] != 0 else 1.0))
     return out
@@ -281,9 +292,9 @@ def mixed_model(design: Design, confidence: float = CONFIDENCE) -> dict[str, Any
     except Exception as err:  # singular designs, too few levels: reported, not raised
         return {"error": f"{type(err).__name__}: {err}"}
     est, se = float(fit.fe_params["xc:xd"]), float(fit.bse_fe["xc:xd"])
-    z = 1.959963984540054 if confidence == 0.95 else _z(confidence)
     from scipy import stats
 
+    z = float(stats.norm.ppf(0.5 + confidence / 2))
     p = float(2 * stats.norm.sf(abs(est) / se)) if se > 0 else None
     names = list(vc)
     return {"estimate": est, "se": se, "ci": [est - z * se, est + z * se], "p": p,
@@ -291,12 +302,6 @@ def mixed_model(design: Design, confidence: float = CONFIDENCE) -> dict[str, Any
             "warnings": sorted({str(w.message).split(".")[0] for w in caught})[:4],
             "variance": {n: float(v) for n, v in zip(names, np.atleast_1d(fit.vcomp))},
             "residual_variance": float(fit.scale), "n_rows": int(len(frame))}
-
-
-def _z(confidence: float) -> float:
-    from scipy import stats
-
-    return float(stats.norm.ppf(0.5 + confidence / 2))
 
 
 def holm(pvalues: list[float | None]) -> list[float | None]:
@@ -323,8 +328,6 @@ def study_kinds(rows: list[dict[str, Any]], confidence: float = CONFIDENCE
     context gain (acc_A − floor) lies above 0, else token identity; with one seed, the
     row's own kind. Returns ``{(model, hook, concept): {kind, gains: {seed: gain},
     ci}}``."""
-    from scipy import stats
-
     gains: dict[tuple[str, str, str], dict[Any, float]] = defaultdict(dict)
     own: dict[tuple[str, str, str], str] = {}
     for r in rows:
@@ -340,9 +343,7 @@ def study_kinds(rows: list[dict[str, Any]], confidence: float = CONFIDENCE
             out[key] = {"kind": own[key], "gains": {str(s): g for s, g in per.items()},
                         "ci": None}
             continue
-        se = float(v.std(ddof=1)) / math.sqrt(len(v))
-        q = float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1))
-        ci = [float(v.mean() - q * se), float(v.mean() + q * se)]
+        _, ci, _, _ = t_interval(v, confidence)
         out[key] = {"kind": KINDS[0] if ci[0] > 0 else KINDS[1],
                     "gains": {str(s): g for s, g in per.items()}, "ci": ci}
     return out
@@ -379,7 +380,7 @@ def inversion(rows: list[dict[str, Any]], n_boot: int = 2000, max_boot: int = 32
     decided = study_kinds(rows, confidence)
     for kind in kinds:
         for r in entering(rows, kind, decided):
-            groups[(str(r.get("model")), str(r.get("hook")), kind, method_key(r),
+            groups[(str(r.get("model")), str(r.get("hook")), kind, method_label(r),
                     r.get("param"), r["level"])].append(r)
     out = []
     for key in sorted(groups, key=lambda k: tuple(str(x) if not isinstance(x, (int, float))
