@@ -8,11 +8,20 @@ prints held-out accuracy, seconds per fit and the speed ratio, in one process.
     python benchmarks/bench_probes.py --cache activations/tiny-mixed--ud-ewt.h5 \
         --hook blocks.2.hook_resid_post --concept upos
     python benchmarks/bench_probes.py --sweep              # every concept x hook of a diff
+    python benchmarks/bench_probes.py --stage DIR          # the diff's whole probe stage
 
 ``--sweep`` caches tiny-mixed on the diff's default data (UD-EWT + held-out Python, 60k
 characters each), then fits every probe a diff fits on A (each concept at each block, the
 same example split and caps) once with LinearProbe and once with sklearn, and prints the
 largest accuracy difference and the total time of each.
+
+``--stage DIR`` times the diff's whole probe stage (``ProbePair.fit`` with the diff's
+settings) on the two caches of a diff folder (``DIR/cache/a.h5``, ``b.h5``; when DIR has
+none, the default ``lensbias diff`` without SAE is run into it first), once with lensbias'
+batched solver and once with one converged scikit-learn ``LogisticRegression`` per probe
+(``ProbeConfig(solver="sklearn")``), interleaved ``--repeats`` times (best of each), and
+prints both times and, over every row, the largest difference of each accuracy, of the
+chosen C and of the cosines.
 """
 
 from __future__ import annotations
@@ -108,6 +117,59 @@ def sweep(max_chars: int, max_iter: int, C: float) -> None:
           f"({t_ref / t_ours:.1f}x)")
 
 
+STAGE_ACCURACIES = ("acc_a", "retrained", "transfer", "aligned_transfer", "embed", "control_a",
+                    "control_b")
+STAGE_COSINES = ("cos_probe", "ceiling_probe", "cos_probe_halves")
+
+
+def stage(folder: str, repeats: int) -> None:
+    import os
+    from pathlib import Path
+
+    from lensbias.probes.pair import ProbeConfig, ProbePair
+    from lensbias.store import ActivationStore
+
+    cache = Path(folder) / "cache"
+    if not (cache / "a.h5").exists():
+        from lensbias.compress import CalibConfig
+        from lensbias.diff import DiffConfig, run_diff
+        from lensbias.compress.base import Recipe
+
+        print(f"no caches in {folder}: running the default diff (no SAE) into it first")
+        run_diff("tiny-mixed", None, Recipe("wanda", {"sparsity": 0.5}, calib=CalibConfig("code")),
+                 DiffConfig(sae=False), Path(folder), force=True)
+    with ActivationStore(cache / "a.h5") as a, ActivationStore(cache / "b.h5") as b:
+        print(f"probe stage on {a.model_name} vs {b.model_name}: {a.n_tokens} tokens, "
+              f"{len(a.hooks)} hooks; {torch.get_num_threads()} thread(s), load average "
+              f"{os.getloadavg()[0]:.1f}")
+        best: dict[str, float] = {}
+        rows: dict[str, list] = {}
+        fits: dict[str, int] = {}
+        for _ in range(repeats):
+            for solver in ("lbfgs", "sklearn"):
+                start = time.perf_counter()
+                # sklearn capped only far beyond where it converges (it needs up to ~600)
+                cfg = ProbeConfig(solver=solver, max_iter=500 if solver == "lbfgs" else 5000)
+                report = ProbePair(cfg).fit(a, b)
+                best[solver] = min(best.get(solver, float("inf")), time.perf_counter() - start)
+                rows[solver] = report.rows
+                print(f"  {solver:<8} {time.perf_counter() - start:7.1f} s", flush=True)
+    ours, ref = rows["lbfgs"], rows["sklearn"]
+    print(f"{len(ours)} rows (concept x hook). Largest |difference| over rows, lensbias - "
+          f"sklearn:")
+    for key in STAGE_ACCURACIES + STAGE_COSINES:
+        d = [abs(getattr(x, key) - getattr(y, key)) for x, y in zip(ours, ref)]
+        d = [v for v in d if v == v]
+        unit, scale = ("points", 100) if key in STAGE_ACCURACIES else ("", 1)
+        print(f"  {key:<18} {scale * max(d):6.2f} {unit}" if d else f"  {key:<18} (none)")
+    same_c = sum((x.C_a == y.C_a) + (x.C_b == y.C_b) for x, y in zip(ours, ref))
+    print(f"  chosen C equal in {same_c} of {2 * len(ours)} probes; converged: lensbias "
+          f"{sum(r.converged for r in ours)}, sklearn {sum(r.converged for r in ref)} of "
+          f"{len(ours)} rows")
+    print(f"probe stage: lensbias {best['lbfgs']:.1f} s, sklearn {best['sklearn']:.1f} s "
+          f"({best['sklearn'] / best['lbfgs']:.2f}x faster)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10667, help="tokens (3/4 train by group)")
@@ -123,6 +185,8 @@ def main() -> None:
     parser.add_argument("--concept")
     parser.add_argument("--sweep", action="store_true", help="every probe of a diff, both ways")
     parser.add_argument("--max-chars", type=int, default=60_000, help="--sweep: data per domain")
+    parser.add_argument("--stage", metavar="DIR", help="the diff's probe stage on DIR/cache, "
+                        "batched vs sklearn")
     args = parser.parse_args([a for a in sys.argv[1:] if not a.startswith("bench_")])
     torch.set_num_threads(args.threads)
     try:
@@ -132,6 +196,9 @@ def main() -> None:
         pass
     if args.sweep:
         sweep(args.max_chars, args.max_iter, args.C)
+        return
+    if args.stage:
+        stage(args.stage, args.repeats)
         return
     if args.cache:
         X, y, groups = from_cache(args.cache, args.hook, args.concept, args.n)

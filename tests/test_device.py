@@ -128,25 +128,21 @@ def _data(k, d=24, n=500, seed=0):
 
 
 @pytest.mark.parametrize("k", [2, 4])
-def test_probe_on_cpu_gives_the_numbers_of_before(k):
-    """device='cpu' runs the same solver on the same standardised features as before
-    devices existed: numpy's (X - mean) / scale fed to _lbfgs, bit for bit."""
-    from lensbias.probes.fast import LinearProbe, _lbfgs
+def test_probe_on_cpu_is_the_default_and_one_batched_solve(k):
+    """device='cpu' is the default path, bit for bit, and LinearProbe.fit is a batch of one
+    of probes.batched.fit_batch."""
+    from lensbias.probes.batched import Problem, fit_batch
+    from lensbias.probes.fast import LinearProbe
 
     X, y = _data(k)
     default = LinearProbe(C=0.5, max_iter=200).fit(X, y)
     probe = LinearProbe(C=0.5, max_iter=200, device="cpu").fit(X[:, :], y)
+    (batched,) = fit_batch([Problem(X, y, 0.5)], max_iter=200, device="cpu")
     assert probe.get_params()["device"] == "cpu"
-    mean = X.mean(axis=0)
-    scale = X.std(axis=0).astype(np.float32)
-    _, target = np.unique(y, return_inverse=True)
-    weight, bias, n_iter = _lbfgs(torch.from_numpy((X - mean) / scale),
-                                  torch.from_numpy(target.astype(np.int64)), k,
-                                  1.0 / (0.5 * len(y)), 200, 1e-4)
     for fitted in (default, probe):
-        assert fitted.n_iter_ == n_iter
-        assert np.array_equal(fitted.coef_std_, weight)
-        assert np.array_equal(fitted.intercept_std_, bias)
+        assert fitted.n_iter_ == batched.n_iter_
+        assert np.array_equal(fitted.coef_std_, batched.coef_std_)
+        assert np.array_equal(fitted.intercept_std_, batched.intercept_std_)
         assert isinstance(fitted.coef_, np.ndarray) and fitted.coef_.dtype == np.float32
     assert np.array_equal(default.coef_, probe.coef_)
     assert np.array_equal(default.intercept_, probe.intercept_)

@@ -197,3 +197,31 @@ def test_stores_of_different_tokens_are_refused(stores):
     with ActivationStore(a) as store_a, ActivationStore(other) as store_c:
         with pytest.raises(LensbiasError, match="stores hold different tokens.*same tokenizer"):
             ProbePair(FAST).fit(store_a, store_c)
+
+
+def test_batched_stage_agrees_with_one_sklearn_fit_per_probe(stores):
+    """The whole comparison with lensbias' batched, warm-started solver against one
+    converged scikit-learn LogisticRegression per probe (solver='sklearn'): the same C
+    chosen everywhere, every accuracy within 1 point, the cosines within 0.02."""
+    a, b, _ = stores
+    cfg = ProbeConfig(n_bootstrap=0, min_class_tokens=10)
+    with ActivationStore(a) as store_a, ActivationStore(b) as store_b:
+        ours = ProbePair(cfg).fit(store_a, store_b).rows
+        ref = ProbePair(dataclasses.replace(cfg, solver="sklearn", max_iter=5000)
+                        ).fit(store_a, store_b).rows
+    assert [(r.concept, r.hook) for r in ours] == [(r.concept, r.hook) for r in ref]
+    for x, y in zip(ours, ref):
+        assert (x.C_a, x.C_b) == (y.C_a, y.C_b)
+        for key in ("acc_a", "retrained", "transfer", "aligned_transfer", "embed", "control_a",
+                    "control_b"):
+            mine, theirs = getattr(x, key), getattr(y, key)
+            assert np.isnan(mine) == np.isnan(theirs), key      # both NaN (no embed hook)
+            assert np.isnan(mine) or abs(mine - theirs) <= 0.01, (x.concept, x.hook, key)
+        for key in ("cos_probe", "ceiling_probe", "cos_probe_halves"):
+            assert abs(getattr(x, key) - getattr(y, key)) <= 0.02, (x.concept, x.hook, key)
+        assert x.converged and y.converged
+
+
+def test_unknown_solver_is_a_clear_error():
+    with pytest.raises(LensbiasError, match="ProbeConfig.solver is 'newton'; use one of lbfgs"):
+        ProbeConfig(solver="newton")

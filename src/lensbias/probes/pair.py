@@ -23,7 +23,13 @@ Decisions:
   own training split (``C_grid``, one held-out quarter of the training documents) unless
   ``ProbeConfig.C`` fixes it: per concept and model, on the middle probed hook, and reused
   at the other hooks (features are standardised). Probes are fitted to convergence
-  (``max_iter`` caps, a gradient tolerance stops).
+  (``max_iter`` caps, the gradient tolerance ``tol`` stops).
+- Every probe of every concept at a hook is fitted together, in rounds (the C grid; the
+  final probes and the embed floor; the controls and the halves), each round one batched
+  solve (``probes.batched``). A final probe starts from the same concept's probe at the
+  previously fitted hook, or from the grid's probe at the chosen C; a half starts from
+  the full probe; a control from the previous hook's control. Warm starts change the
+  path, not the optimum (the objective is strictly convex).
 - Directions are compared in A's raw activation space (``LinearProbe.coef_``). When widths
   differ, ``readout`` and the cosines go through an orthogonal Procrustes map (rectangular,
   semi-orthogonal R = UVᵀ from the thin SVD of H_Bᵀ·H_A, one least-squares scale), fitted on
@@ -48,6 +54,8 @@ from jaxtyping import Bool, Float, Int
 from lensbias import device_math as dm
 from lensbias.errors import LensbiasError
 from lensbias.probes.align import DEFAULT_MAP, MAPS, AlignMap
+from lensbias.probes.batched import Problem, Steps, fit_batch, fit_steps, together
+from lensbias.probes.batched import run as _run
 from lensbias.probes.fast import LinearProbe
 from lensbias.probes.floors import EMBED_HOOK, KIND_CONTEXT, TokenIdLookup, kind_of
 from lensbias.probes.linear import grouped_split
@@ -60,6 +68,7 @@ BOOKKEEPING = frozenset({"freq_bucket", "domain", "corpus", "split", "doc", "fil
 DOCUMENT_LABELS = ("doc", "file")
 """Sequence labels that name an example's source document, in order of preference."""
 ALIGN_CHOICES = ("auto", "procrustes", "none")
+SOLVERS = ("lbfgs", "sklearn")
 _WORD = re.compile(r"\w+|[^\w\s]")
 
 
@@ -83,6 +92,14 @@ class ProbeConfig:
     """Candidate C values when ``C`` is None (ties go to the smaller C)."""
     max_iter: int = 500
     """L-BFGS iteration cap per probe (stops earlier at the gradient tolerance)."""
+    tol: float = 1e-4
+    """Gradient tolerance of every probe: the largest entry of the objective's gradient in
+    standardised coordinates (scikit-learn's criterion and default)."""
+    solver: str = "lbfgs"
+    """``lbfgs``: lensbias' batched preconditioned L-BFGS (``probes.batched``), every probe
+    of a hook's concepts fitted together, warm-started where a related probe exists;
+    ``sklearn``: one scikit-learn ``LogisticRegression`` per probe, from zero (the
+    reference; ``probes.reference``)."""
     n_bootstrap: int = 200
     """Bootstrap resamples of test documents for intervals (0: no intervals)."""
     confidence: float = 0.95
@@ -115,6 +132,9 @@ class ProbeConfig:
         if self.align not in ALIGN_CHOICES:
             raise LensbiasError(f"ProbeConfig.align is {self.align!r}; use one of "
                                 f"{', '.join(ALIGN_CHOICES)}")
+        if self.solver not in SOLVERS:
+            raise LensbiasError(f"ProbeConfig.solver is {self.solver!r}; use one of "
+                                f"{', '.join(SOLVERS)}")
         if self.realign not in MAPS:
             raise LensbiasError(f"ProbeConfig.realign is {self.realign!r}; use one of "
                                 f"{', '.join(MAPS)}")
@@ -178,10 +198,11 @@ class ProbePair:
             alignment = (AlignMap("procrustes", cfg.device).fit(acts_b[at], acts_a[at])
                          if aligned else None)
             realign = AlignMap(cfg.realign, cfg.device).fit(acts_b[at], acts_a[at])
+            steps = []
             for concept, (labels, sel) in chosen.items():
                 at = np.searchsorted(needed, sel)
                 names = store_a.classes(concept)
-                rows.append(fit_concept(
+                steps.append(concept_steps(
                     acts_a[at], acts_b[at], labels[sel], groups[sel], test[sel],
                     token_ids=tokens["ids"][sel], acts_embed=None if embed is None else embed[at],
                     docs=docs[sel], word_types=None if types is None else types[sel],
@@ -189,6 +210,8 @@ class ProbePair:
                     config=cfg, concept=concept, hook=hook, boot_weights=weights,
                     alignment=alignment, realign=realign,
                     floor_cache=floors.setdefault(concept, {})))
+            # every probe of every concept at this hook, round by round, as batched problems
+            rows.extend(run_steps(together(steps), cfg))
         rows.sort(key=lambda r: hooks.index(r.hook))
         return ProbeReport(rows, aggregate_readings(rows, cfg.confidence),
                            aggregate(rows, "freq_bucket", cfg.confidence), skipped,
@@ -223,6 +246,28 @@ def fit_concept(acts_a: Float[np.ndarray, "tokens d_a"], acts_b: Float[np.ndarra
     tokens when not given). ``floor_cache`` keeps a concept's floors and its chosen C of A
     and of B across hooks (a dict, filled by the first call).
     """
+    return run_steps(concept_steps(
+        acts_a, acts_b, labels, groups, test, token_ids=token_ids, acts_embed=acts_embed,
+        docs=docs, word_types=word_types, strata=strata, class_names=class_names, config=config,
+        concept=concept, hook=hook, boot_weights=boot_weights, alignment=alignment,
+        realign=realign, floor_cache=floor_cache), config)
+
+
+def concept_steps(acts_a: Float[np.ndarray, "tokens d_a"], acts_b: Float[np.ndarray, "tokens d_b"],
+                labels: Int[np.ndarray, " tokens"], groups: Int[np.ndarray, " tokens"],
+                test: Bool[np.ndarray, " tokens"], *,
+                token_ids: Int[np.ndarray, " tokens"] | None = None,
+                acts_embed: Float[np.ndarray, "tokens d_a"] | None = None,
+                docs: Int[np.ndarray, " tokens"] | None = None,
+                word_types: Int[np.ndarray, " tokens"] | None = None,
+                strata: dict[str, np.ndarray] | None = None,
+                class_names: list[str] | None = None, config: ProbeConfig = ProbeConfig(),
+                concept: str = "concept", hook: str = "hook",
+                boot_weights: Float[np.ndarray, "resamples docs"] | None = None,
+                alignment: AlignMap | None = None, realign: AlignMap | None = None,
+                floor_cache: dict[str, np.ndarray] | None = None) -> Steps:
+    """``fit_concept`` as steps (see ``Steps``): it yields the probes to fit in rounds and
+    returns the row, so ``ProbePair`` can fit the probes of every concept of a hook together."""
     cfg = config
     acts_a, acts_b = np.asarray(acts_a, np.float32), np.asarray(acts_b, np.float32)
     labels, groups = np.asarray(labels, np.int64), np.asarray(groups, np.int64)
@@ -251,23 +296,36 @@ def fit_concept(acts_a: Float[np.ndarray, "tokens d_a"], acts_b: Float[np.ndarra
     realign = realign or AlignMap(cfg.realign, cfg.device).fit(acts_b[tr], acts_a[tr])
 
     shared = {} if floor_cache is None else floor_cache
-    probe_a, c_a = fit_selected(acts_a[tr], y_tr, docs[tr], cfg, shared.get("C_a"))
-    probe_b, c_b = fit_selected(acts_b[tr], y_tr, docs[tr], cfg, shared.get("C_b"))
+    # round 1 (C selection: grid, then the final fit): A's and B's probes and the embed
+    # floor; a final fit starts from the same concept's probe at the previous hook
+    (probe_a, c_a), (probe_b, c_b), floor = yield from together([
+        select_steps(acts_a[tr], y_tr, docs[tr], cfg, shared.get("C_a"), shared.get("probe_a")),
+        select_steps(acts_b[tr], y_tr, docs[tr], cfg, shared.get("C_b"), shared.get("probe_b")),
+        _floor_steps(token_ids, acts_embed, tr, te, labels, docs, cfg, floor_cache)])
     shared.setdefault("C_a", c_a)
     shared.setdefault("C_b", c_b)
+    shared["probe_a"], shared["probe_b"] = probe_a, probe_b
     correct = {"acc_a": probe_a.predict(acts_a[te]) == y_te,
                "transfer": probe_a.predict(b_in_a[te]) == y_te,
                "retrained": probe_b.predict(acts_b[te]) == y_te,
                "aligned": probe_a.predict(realign.transform(acts_b[te])) == y_te}
     values, counts = np.unique(y_tr, return_counts=True)
     correct["majority"] = y_te == values[np.argmax(counts)]
-    correct.update(_floors(token_ids, acts_embed, tr, te, labels, docs, cfg, floor_cache))
+    correct.update(floor)
+    # round 2: the control probes and the half-split probes of the cosine ceiling
     ctrl = control_labels(labels, tr, te, word_types, cfg.seed) if cfg.control else None
+    controls = []
     if ctrl is not None and len(np.unique(ctrl[tr])) >= 2:
-        for side, acts, c in (("control_a", acts_a, c_a), ("control_b", acts_b, c_b)):
-            correct[side] = _probe(cfg, c).fit(acts[tr], ctrl[tr]).predict(acts[te]) == ctrl[te]
+        controls = [(side, acts, Problem(acts[tr], ctrl[tr], c, shared.get(side),
+                                         tag="control"))
+                    for side, acts, c in (("control_a", acts_a, c_a), ("control_b", acts_b, c_b))]
+    cosines, fitted = yield from together([
+        _cosine_steps(acts_a, acts_b, labels, tr, groups, probe_a, probe_b, to_a, cfg, c_a, c_b),
+        fit_steps([problem for _, _, problem in controls])])
+    for (side, acts, _), probe in zip(controls, fitted):
+        shared[side] = probe
+        correct[side] = probe.predict(acts[te]) == ctrl[te]
 
-    cosines = _cosines(acts_a, acts_b, labels, tr, groups, probe_a, probe_b, to_a, cfg, c_a, c_b)
     point = {k: float(v.mean()) for k, v in correct.items()}
     reps = _replicates(correct, docs[te], boot_weights, device=cfg.device)
     metrics, metric_reps = _metrics(point, reps, cfg.confidence)
@@ -297,26 +355,37 @@ def fit_selected(X: Float[np.ndarray, "tokens d"], y: Int[np.ndarray, " tokens"]
     from ``config.C_grid`` by accuracy on a held-out quarter of the training documents
     (fitted on the rest); the smaller C wins ties. Too few documents (< 4) or a held-out
     part without two classes: C = 1."""
+    return run_steps(select_steps(X, y, docs, config, fixed), config)
+
+
+def select_steps(X: Float[np.ndarray, "tokens d"], y: Int[np.ndarray, " tokens"],
+                 docs: Int[np.ndarray, " tokens"], config: ProbeConfig,
+                 fixed: float | None = None, init: LinearProbe | None = None) -> Steps:
+    """``fit_selected`` as steps: the grid's probes in one round, then the final probe,
+    started from the grid's probe at the chosen C (else from ``init``)."""
     fixed = config.C if fixed is None else fixed
     if fixed is not None:
-        return _probe(config, fixed).fit(X, y), float(fixed)
+        (probe,) = yield [Problem(X, y, float(fixed), init, tag="final")]
+        return probe, float(fixed)
     chosen = 1.0
+    grid = sorted(config.C_grid)
     uniq = np.unique(docs)
-    if len(config.C_grid) > 1 and len(uniq) >= 4:
+    if len(grid) > 1 and len(uniq) >= 4:
         val = np.isin(docs, grouped_split(uniq, 0.25, seed=config.seed + 7))
         val &= np.isin(y, np.unique(y[~val]))
         if val.any() and len(np.unique(y[~val])) >= 2:
-            scores = [_probe(config, c).fit(X[~val], y[~val]).score(X[val], y[val])
-                      for c in sorted(config.C_grid)]
-            chosen = float(sorted(config.C_grid)[int(np.argmax(scores))])
-    elif len(config.C_grid) == 1:
-        chosen = float(config.C_grid[0])
-    return _probe(config, chosen).fit(X, y), chosen
+            fitted = yield [Problem(X[~val], y[~val], c, tag="grid") for c in grid]
+            best = int(np.argmax([p.score(X[val], y[val]) for p in fitted]))
+            chosen, init = float(grid[best]), fitted[best]
+    elif len(grid) == 1:
+        chosen = float(grid[0])
+    (probe,) = yield [Problem(X, y, chosen, init, tag="final")]
+    return probe, chosen
 
 
-def _floors(token_ids: np.ndarray | None, acts_embed: np.ndarray | None, tr: np.ndarray,
-            te: np.ndarray, labels: np.ndarray, docs: np.ndarray, cfg: ProbeConfig,
-            cache: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+def _floor_steps(token_ids: np.ndarray | None, acts_embed: np.ndarray | None, tr: np.ndarray,
+                 te: np.ndarray, labels: np.ndarray, docs: np.ndarray, cfg: ProbeConfig,
+                 cache: dict[str, np.ndarray] | None) -> Steps:
     """Per test token: is the token-id lookup right, is the embedding-stream probe right
     (NaN-filled when the input is missing). Cached per concept: the same at every hook."""
     if cache and "token_id" in cache:
@@ -328,7 +397,7 @@ def _floors(token_ids: np.ndarray | None, acts_embed: np.ndarray | None, tr: np.
         out["token_id"] = TokenIdLookup().fit(ids[tr], labels[tr]).predict(ids[te]) == labels[te]
     if acts_embed is not None:
         embed = np.asarray(acts_embed, np.float32)
-        probe, _ = fit_selected(embed[tr], labels[tr], docs[tr], cfg)
+        probe, _ = yield from select_steps(embed[tr], labels[tr], docs[tr], cfg)
         out["embed"] = probe.predict(embed[te]) == labels[te]
     if cache is not None:
         cache.update(out)
@@ -379,12 +448,12 @@ def _metrics(point: dict[str, float], reps: dict[str, np.ndarray] | None, confid
     return metrics, metric_reps
 
 
-def _cosines(acts_a: np.ndarray, acts_b: np.ndarray, labels: np.ndarray, tr: np.ndarray,
-             groups: np.ndarray, probe_a: LinearProbe, probe_b: LinearProbe,
-             to_a: AlignMap | None, cfg: ProbeConfig, c_a: float, c_b: float
-             ) -> dict[str, float]:
+def _cosine_steps(acts_a: np.ndarray, acts_b: np.ndarray, labels: np.ndarray, tr: np.ndarray,
+                  groups: np.ndarray, probe_a: LinearProbe, probe_b: LinearProbe,
+                  to_a: AlignMap | None, cfg: ProbeConfig, c_a: float, c_b: float) -> Steps:
     """A-vs-B cosines of probe and DoM directions on all training tokens and across
-    disjoint halves, and the A-vs-A ceiling on the same halves (all in A's raw space)."""
+    disjoint halves, and the A-vs-A ceiling on the same halves (all in A's raw space); the
+    half probes start from the full probe of their model."""
     def in_a(dirs: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
         return dirs if to_a is None else {c: to_a.rotate(v) for c, v in dirs.items()}
 
@@ -395,9 +464,12 @@ def _cosines(acts_a: np.ndarray, acts_b: np.ndarray, labels: np.ndarray, tr: np.
         nan = float("nan")
         return {**out, "ceiling_probe": nan, "ceiling_dom": nan, "cos_probe_halves": nan,
                 "cos_dom_halves": nan}
-    probe = {(m, i): _directions(_probe(cfg, c).fit(acts[h], labels[h]))
-             for m, acts, c in (("a", acts_a, c_a), ("b", acts_b, c_b))
-             for i, h in enumerate(halves)}
+    keys = [(m, i) for m in ("a", "b") for i in range(len(halves))]
+    fitted = yield [Problem((acts_a if m == "a" else acts_b)[halves[i]], labels[halves[i]],
+                            c_a if m == "a" else c_b, probe_a if m == "a" else probe_b,
+                            tag="half")
+                    for m, i in keys]
+    probe = {key: _directions(p) for key, p in zip(keys, fitted)}
     dom = {(m, i): _dom(acts[h], labels[h])
            for m, acts in (("a", acts_a), ("b", acts_b)) for i, h in enumerate(halves)}
     for kind, dirs in (("probe", probe), ("dom", dom)):
@@ -473,6 +545,22 @@ def bootstrap_weights(test_groups: Int[np.ndarray, " tokens"], n: int, seed: int
 def layer_of(hook: str) -> int | None:
     found = re.search(r"blocks\.(\d+)\.", hook)
     return int(found.group(1)) if found else None
+
+
+def solve(problems: list[Problem], cfg: ProbeConfig) -> list:
+    """Fit ``problems`` with ``cfg.solver``: one batched solve, or scikit-learn one by one."""
+    if cfg.solver == "sklearn":
+        from lensbias.probes.reference import SklearnProbe
+
+        return [SklearnProbe(C=p.C, max_iter=cfg.max_iter, tol=cfg.tol,
+                             random_state=cfg.seed).fit(p.X, p.y) for p in problems]
+    return fit_batch(problems, max_iter=cfg.max_iter, tol=cfg.tol, device=cfg.device,
+                     random_state=cfg.seed)
+
+
+def run_steps(steps: Steps, cfg: ProbeConfig):
+    """Drive probe-fitting steps to their result with ``cfg``'s solver."""
+    return _run(steps, lambda problems: solve(problems, cfg))
 
 
 def _probe(cfg: ProbeConfig, C: float) -> LinearProbe:
