@@ -261,9 +261,9 @@ def _solve(prepared: list[dict], max_iter: int, dev: torch.device
             pick(state["root"])
         k = len(Zi)
         U = V_ / root_                                               # W in the eigenbasis
-        logits = torch.cat([torch.baddbmm(b_[:, None, :], Zi, U.transpose(1, 2)),
-                            torch.zeros(k, N, 1, device=dev)], dim=2) \
-            + pick(state["mask"])[:, None]
+        U_ext = torch.cat([U, torch.zeros(k, 1, D, device=dev)], dim=1)  # + reference row
+        bias = torch.cat([b_, torch.zeros(k, 1, device=dev)], dim=1) + pick(state["mask"])
+        logits = torch.baddbmm(bias[:, None, :], Zi, U_ext.transpose(1, 2))  # [k, N, L]
         logp = torch.log_softmax(logits, dim=2)
         loss = -(logp.gather(2, tgt[:, :, None])[..., 0].to(f64) * w).sum(1) \
             + 0.5 * pick(state["l2"]) * U.to(f64).pow(2).sum((1, 2))
@@ -318,13 +318,15 @@ def _solve(prepared: list[dict], max_iter: int, dev: torch.device
             final_iter[live] = n_iter
             break
         q = -grad
-        alpha = torch.zeros(HISTORY, len(live), device=dev)
-        for j in [(slot - 1 - i) % HISTORY for i in range(HISTORY)]:
-            alpha[j] = rho[j] * (S[j] * q).sum(1)
-            q = q - alpha[j, :, None] * Y[j]
+        filled = min(int(n_iter.max()), HISTORY)
+        newest = [(slot - 1 - i) % HISTORY for i in range(filled)]
+        alpha = {}
+        for j in newest:
+            alpha[j] = rho[j] * torch.linalg.vecdot(S[j], q)
+            q = q - alpha[j][:, None] * Y[j]
         r = gamma[:, None] * q
-        for j in [(slot + i) % HISTORY for i in range(HISTORY)]:
-            beta = rho[j] * (Y[j] * r).sum(1)
+        for j in reversed(newest):
+            beta = rho[j] * torch.linalg.vecdot(Y[j], r)
             r = r + S[j] * (alpha[j] - beta)[:, None]
         direction = r
         slope = (grad * direction).sum(1)
