@@ -131,8 +131,8 @@ def _data(k, d=24, n=500, seed=0):
 def test_probe_on_cpu_is_the_default_and_one_batched_solve(k):
     """device='cpu' is the default path, bit for bit, and LinearProbe.fit is a batch of one
     of probes.batched.fit_batch."""
-    from lensbias.probes.batched import Problem, fit_batch
-    from lensbias.probes.fast import LinearProbe
+    from lensbias.probes.batched import Problem
+    from lensbias.probes.fast import LinearProbe, fit_batch
 
     X, y = _data(k)
     default = LinearProbe(C=0.5, max_iter=200).fit(X, y)

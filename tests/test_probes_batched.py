@@ -5,7 +5,8 @@ step machinery hands every computation its own probes."""
 import numpy as np
 import pytest
 
-from lensbias.probes.batched import Problem, fit_batch, fit_steps, run, together
+from lensbias.probes.batched import Problem, fit_steps, run, together
+from lensbias.probes.fast import fit_batch
 from lensbias.probes.reference import SklearnProbe
 
 

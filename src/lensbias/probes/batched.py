@@ -1,7 +1,8 @@
 """Probes, stage 2a: many logistic-regression probes solved as one batched problem.
 
-``fit_batch`` fits a list of independent probes (each its own rows, labels, C and,
-optionally, a warm start) and returns one fitted ``LinearProbe`` per problem, each with
+``solve_batch`` (and ``probes.fast.fit_batch``, which wraps its results as ``LinearProbe``
+objects) fits a list of independent probes (each its own rows, labels, C and,
+optionally, a warm start) and returns one fitted probe per problem, each with
 the objective, standardisation and stopping rule of ``LinearProbe.fit`` (which is a batch
 of one). Problems of one width are stacked along a batch axis, padded in rows (weight 0)
 and in classes (logit −∞), and solved by an L-BFGS whose every quantity carries that axis:
@@ -125,30 +126,25 @@ def run(steps: Steps, solve) -> Any:
         return stop.value
 
 
-def fit_batch(problems: list[Problem], *, max_iter: int = 500, tol: float = 1e-4,
-              device: str = "cpu", random_state: int | None = 0) -> list:
-    """Fit every problem; returns ``LinearProbe`` objects in the order given."""
+def solve_batch(problems: list[Problem], *, max_iter: int = 500, tol: float = 1e-4,
+                device: str = "cpu") -> list[dict[str, Any]]:
+    """Solve every problem; per problem (in the order given) a dict of ``classes``, ``mean``,
+    ``scale``, ``coef_std``, ``intercept_std`` (standardised coordinates), ``n_iter`` and
+    ``tol``. ``probes.fast.fit_batch`` turns them into ``LinearProbe`` objects."""
     from lensbias.models.adapter import check_device
-    from lensbias.probes.fast import LinearProbe
 
     dev = check_device(str(device))
     prepared = [_prepare(p) for p in problems]
-    out: list = [None] * len(problems)
+    out: list[dict[str, Any]] = [{} for _ in problems]
     for prep, p in zip(prepared, problems):
         prep["tol"] = float(tol if p.tol is None else p.tol)
     for chunk in _chunks(prepared):
         for index, (weight, bias, n_iter) in zip(chunk, _solve([prepared[i] for i in chunk],
                                                                max_iter, dev)):
             prep = prepared[index]
-            probe = LinearProbe(C=problems[index].C, max_iter=max_iter,
-                                tol=prepared[index]["tol"],
-                                random_state=random_state, device=str(device))
-            probe.classes_, probe.n_features_in_ = prep["classes"], prep["X"].shape[1]
-            probe.mean_, probe.scale_ = prep["mean"], prep["scale"]
-            probe.coef_std_, probe.intercept_std_, probe.n_iter_ = weight, bias, n_iter
-            probe.coef_ = (weight / prep["scale"]).astype(np.float32)
-            probe.intercept_ = (bias - probe.coef_ @ prep["mean"]).astype(np.float32)
-            out[index] = probe
+            out[index] = {"classes": prep["classes"], "mean": prep["mean"],
+                          "scale": prep["scale"], "coef_std": weight, "intercept_std": bias,
+                          "n_iter": n_iter, "tol": prep["tol"]}
     return out
 
 

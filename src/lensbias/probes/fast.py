@@ -24,6 +24,7 @@ import numpy as np
 from jaxtyping import Float, Int
 
 from lensbias.errors import LensbiasError
+from lensbias.probes.batched import Problem, solve_batch
 
 
 class LinearProbe:
@@ -59,8 +60,6 @@ class LinearProbe:
     def fit(self, X: Float[np.ndarray, "tokens d_model"], y: Int[np.ndarray, " tokens"]
             ) -> LinearProbe:
         """Fit on ``X`` and ``y`` (a batch of one for ``probes.batched.fit_batch``)."""
-        from lensbias.probes.batched import Problem, fit_batch
-
         (fitted,) = fit_batch([Problem(X, y, self.C)], max_iter=self.max_iter, tol=self.tol,
                               device=str(self.device), random_state=self.random_state)
         self.__dict__.update({k: v for k, v in vars(fitted).items()
@@ -90,3 +89,22 @@ class LinearProbe:
     def _check_fitted(self) -> None:
         if not hasattr(self, "coef_"):
             raise LensbiasError("this LinearProbe is not fitted yet; call fit")
+
+
+def fit_batch(problems: list[Problem], *, max_iter: int = 500, tol: float = 1e-4,
+              device: str = "cpu", random_state: int | None = 0) -> list[LinearProbe]:
+    """Fit every problem as one batched solve (``probes.batched``); ``LinearProbe`` objects
+    in the order given."""
+    out = []
+    for problem, fit in zip(problems, solve_batch(problems, max_iter=max_iter, tol=tol,
+                                                  device=device)):
+        probe = LinearProbe(C=problem.C, max_iter=max_iter, tol=fit["tol"],
+                            random_state=random_state, device=str(device))
+        probe.classes_, probe.n_features_in_ = fit["classes"], len(fit["mean"])
+        probe.mean_, probe.scale_ = fit["mean"], fit["scale"]
+        probe.coef_std_, probe.intercept_std_ = fit["coef_std"], fit["intercept_std"]
+        probe.n_iter_ = fit["n_iter"]
+        probe.coef_ = (fit["coef_std"] / fit["scale"]).astype(np.float32)
+        probe.intercept_ = (fit["intercept_std"] - probe.coef_ @ fit["mean"]).astype(np.float32)
+        out.append(probe)
+    return out

@@ -54,9 +54,9 @@ from jaxtyping import Bool, Float, Int
 from lensbias import device_math as dm
 from lensbias.errors import LensbiasError
 from lensbias.probes.align import DEFAULT_MAP, MAPS, AlignMap
-from lensbias.probes.batched import Problem, Steps, fit_batch, fit_steps, together
+from lensbias.probes.batched import Problem, Steps, fit_steps, together
 from lensbias.probes.batched import run as _run
-from lensbias.probes.fast import LinearProbe
+from lensbias.probes.fast import LinearProbe, fit_batch
 from lensbias.probes.floors import EMBED_HOOK, KIND_CONTEXT, TokenIdLookup, kind_of
 from lensbias.probes.linear import grouped_split
 from lensbias.probes.report import (MIN_GAIN, ProbeReport, ProbeRow, aggregate,
