@@ -131,9 +131,8 @@ def stage(folder: str, repeats: int) -> None:
 
     cache = Path(folder) / "cache"
     if not (cache / "a.h5").exists():
-        from lensbias.compress import CalibConfig
+        from lensbias.compress import CalibConfig, Recipe
         from lensbias.diff import DiffConfig, run_diff
-        from lensbias.compress.base import Recipe
 
         print(f"no caches in {folder}: running the default diff (no SAE) into it first")
         run_diff("tiny-mixed", None, Recipe("wanda", {"sparsity": 0.5}, calib=CalibConfig("code")),

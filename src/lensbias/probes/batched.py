@@ -74,8 +74,6 @@ class Problem:
     raw-space read-out); None: start from zero."""
     tol: float | None = None
     """This problem's gradient tolerance; None: ``fit_batch``'s."""
-    tag: str = ""
-    """What the probe is for (``final``, ``grid``, ``control``, ``half``), for benchmarks."""
 
 
 Steps = Generator[list[Problem], list[Any], Any]

@@ -316,8 +316,7 @@ def concept_steps(acts_a: Float[np.ndarray, "tokens d_a"], acts_b: Float[np.ndar
     ctrl = control_labels(labels, tr, te, word_types, cfg.seed) if cfg.control else None
     controls = []
     if ctrl is not None and len(np.unique(ctrl[tr])) >= 2:
-        controls = [(side, acts, Problem(acts[tr], ctrl[tr], c, shared.get(side),
-                                         tag="control"))
+        controls = [(side, acts, Problem(acts[tr], ctrl[tr], c, shared.get(side)))
                     for side, acts, c in (("control_a", acts_a, c_a), ("control_b", acts_b, c_b))]
     cosines, fitted = yield from together([
         _cosine_steps(acts_a, acts_b, labels, tr, groups, probe_a, probe_b, to_a, cfg, c_a, c_b),
@@ -365,7 +364,7 @@ def select_steps(X: Float[np.ndarray, "tokens d"], y: Int[np.ndarray, " tokens"]
     started from the grid's probe at the chosen C (else from ``init``)."""
     fixed = config.C if fixed is None else fixed
     if fixed is not None:
-        (probe,) = yield [Problem(X, y, float(fixed), init, tag="final")]
+        (probe,) = yield [Problem(X, y, float(fixed), init)]
         return probe, float(fixed)
     chosen = 1.0
     grid = sorted(config.C_grid)
@@ -374,12 +373,12 @@ def select_steps(X: Float[np.ndarray, "tokens d"], y: Int[np.ndarray, " tokens"]
         val = np.isin(docs, grouped_split(uniq, 0.25, seed=config.seed + 7))
         val &= np.isin(y, np.unique(y[~val]))
         if val.any() and len(np.unique(y[~val])) >= 2:
-            fitted = yield [Problem(X[~val], y[~val], c, tag="grid") for c in grid]
+            fitted = yield [Problem(X[~val], y[~val], c) for c in grid]
             best = int(np.argmax([p.score(X[val], y[val]) for p in fitted]))
             chosen, init = float(grid[best]), fitted[best]
     elif len(grid) == 1:
         chosen = float(grid[0])
-    (probe,) = yield [Problem(X, y, chosen, init, tag="final")]
+    (probe,) = yield [Problem(X, y, chosen, init)]
     return probe, chosen
 
 
@@ -466,8 +465,7 @@ def _cosine_steps(acts_a: np.ndarray, acts_b: np.ndarray, labels: np.ndarray, tr
                 "cos_dom_halves": nan}
     keys = [(m, i) for m in ("a", "b") for i in range(len(halves))]
     fitted = yield [Problem((acts_a if m == "a" else acts_b)[halves[i]], labels[halves[i]],
-                            c_a if m == "a" else c_b, probe_a if m == "a" else probe_b,
-                            tag="half")
+                            c_a if m == "a" else c_b, probe_a if m == "a" else probe_b)
                     for m, i in keys]
     probe = {key: _directions(p) for key, p in zip(keys, fitted)}
     dom = {(m, i): _dom(acts[h], labels[h])

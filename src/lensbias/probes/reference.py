@@ -19,15 +19,12 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from lensbias.errors import LensbiasError
+from lensbias.probes.fast import LinearProbe
 
 
-class SklearnProbe:
-    """``StandardScaler`` + ``LogisticRegression``, read out like a ``LinearProbe``."""
-
-    def __init__(self, C: float = 1.0, max_iter: int = 500, tol: float = 1e-4,
-                 random_state: int | None = 0):
-        self.C, self.max_iter, self.tol, self.random_state = C, max_iter, tol, random_state
+class SklearnProbe(LinearProbe):
+    """``StandardScaler`` + ``LogisticRegression`` fitted on the host, read out by
+    ``LinearProbe``'s raw-space ``decision_function`` / ``predict`` / ``score``."""
 
     def fit(self, X: Float[np.ndarray, "tokens d_model"], y: Int[np.ndarray, " tokens"]
             ) -> SklearnProbe:
@@ -45,17 +42,3 @@ class SklearnProbe:
         self.coef_ = (model.coef_ / scale).astype(np.float32)
         self.intercept_ = (model.intercept_ - self.coef_ @ scaler.mean_).astype(np.float32)
         return self
-
-    def decision_function(self, X: Float[np.ndarray, "tokens d_model"]) -> np.ndarray:
-        if not hasattr(self, "coef_"):
-            raise LensbiasError("this SklearnProbe is not fitted yet; call fit")
-        scores = np.asarray(X, np.float32) @ self.coef_.T + self.intercept_
-        return scores[:, 0] if scores.shape[1] == 1 else scores
-
-    def predict(self, X: Float[np.ndarray, "tokens d_model"]) -> np.ndarray:
-        scores = self.decision_function(X)
-        index = (scores > 0).astype(np.int64) if scores.ndim == 1 else scores.argmax(axis=1)
-        return self.classes_[index]
-
-    def score(self, X: Float[np.ndarray, "tokens d_model"], y: np.ndarray) -> float:
-        return float(np.mean(self.predict(X) == np.asarray(y)))
