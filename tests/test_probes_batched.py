@@ -125,3 +125,56 @@ def test_bad_problems_are_clear_errors(bad, message):
     X, y = planted(50, 8, 2, 0)
     with pytest.raises(LensbiasError, match=message):
         fit_batch([Problem(**{"X": X, "y": y, "C": 1.0, **bad})])
+
+
+def _two_loop(g, pairs, gamma):
+    """The textbook L-BFGS two-loop recursion (Nocedal & Wright alg. 7.4), float64, for one
+    problem; ``pairs`` oldest first."""
+    q, alphas = g.copy(), []
+    for s, y in reversed(pairs):
+        a = (s @ q) / (s @ y)
+        alphas.append(a)
+        q -= a * y
+    r = gamma * q
+    for (s, y), a in zip(pairs, reversed(alphas)):
+        r += s * (a - (y @ r) / (s @ y))
+    return r
+
+
+@pytest.mark.parametrize("filled, slot", [(0, 0), (3, 3), (6, 2), (6, 0)])
+def test_compact_inverse_hessian_equals_the_two_loop_recursion(filled, slot):
+    import torch
+
+    from lensbias.probes import batched
+
+    rng = np.random.default_rng(filled + slot)
+    k, h, m = 3, 6, 40
+    old = batched.HISTORY
+    batched.HISTORY = h
+    try:
+        S = np.zeros((k, h, m))
+        Y = np.zeros((k, h, m))
+        valid = np.zeros((k, h), bool)
+        order = [(slot - filled + i) % h for i in range(filled)]     # oldest first
+        for p in range(k):
+            A = rng.normal(size=(m, m))
+            A = A @ A.T / m + np.eye(m)                               # a convex quadratic
+            for j in order:
+                if p == 1 and j == order[0]:
+                    continue                                          # a skipped pair
+                S[p, j] = rng.normal(size=m)
+                Y[p, j] = A @ S[p, j]
+                valid[p, j] = True
+        g = rng.normal(size=(k, m))
+        gamma = rng.uniform(0.5, 2.0, size=k)
+        got = batched._inverse_hessian_times(
+            torch.tensor(g, dtype=torch.float64), torch.tensor(S), torch.tensor(Y),
+            torch.tensor(valid), torch.tensor(gamma), slot, filled, torch.float64).numpy()
+    finally:
+        batched.HISTORY = old
+    for p in range(k):
+        pairs = [(S[p, j], Y[p, j]) for j in order if valid[p, j]]
+        want = _two_loop(g[p], pairs, gamma[p])
+        assert np.allclose(got[p], want, rtol=1e-9, atol=1e-9), p
+    if filled:
+        assert not np.allclose(got[0], gamma[0] * g[0])               # the pairs mattered

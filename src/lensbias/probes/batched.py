@@ -17,8 +17,9 @@ Per problem, in standardised features Z (``(X − mean) / scale``, as ``LinearPr
   logit for two classes (class 0 is a fixed zero logit), one per class above that;
 - preconditioning: the solver's variable V gives W = (V / √s)·Eᵀ, with E, λ the
   eigenvectors and eigenvalues of Σ = ZᵀZ/n (float64) and s = λ/4 + l2: the inverse
-  square root of the objective's curvature at zero. It works on the rotated rows Z·E,
-  where the penalty is diagonal (l2/2·Σᵢ ||V·,ᵢ||²/sᵢ);
+  square root of the objective's curvature at zero. In V the penalty is diagonal
+  (l2/2·Σᵢ ||V·,ᵢ||²/sᵢ); each evaluation maps V to W (a C × D × D product) and the
+  gradient back, so the rows Z are never rotated (an N × D × D product per problem);
 - L-BFGS (history 20) with a backtracking Armijo line search; it stops when the largest
   entry of the gradient in standardised coordinates (W and b: scikit-learn's criterion)
   is ≤ the problem's tolerance, when the step or the change in loss falls below 1e-9, or
@@ -231,8 +232,6 @@ def _solve(prepared: list[dict], max_iter: int, dev: torch.device
     eigval, eigvec = _eigh(cov)
     s = eigval.clamp(min=0)[:, None, :] / 4 + l2[:, None, None]       # [K, 1, D]
     root = torch.sqrt(s).to(torch.float32)
-    Zr = torch.bmm(Z, eigvec.to(Z.dtype))                            # [K, N, D]
-    del Z
     V = torch.zeros(K, C_max, D, device=dev)
     b = torch.zeros(K, C_max, device=dev)
     for k, p in enumerate(prepared):
@@ -242,9 +241,9 @@ def _solve(prepared: list[dict], max_iter: int, dev: torch.device
                                  * torch.sqrt(s[k])).to(torch.float32)
             b[k, :p["n_out"]] = torch.from_numpy(b_std).to(dev, torch.float32)
     col = (mask[:, :C_max] == 0).to(torch.float32)                  # real logit columns
-    state = {"Z": Zr, "row_w": row_w, "target": target, "mask": mask, "l2": l2,
+    state = {"Z": Z, "row_w": row_w, "target": target, "mask": mask, "l2": l2,
              "root": root, "col": col, "E": eigvec.to(torch.float32), "tol": tol}
-    del Zr
+    del Z
 
     def evaluate(sel: torch.Tensor | None, V_: torch.Tensor, b_: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -255,18 +254,24 @@ def _solve(prepared: list[dict], max_iter: int, dev: torch.device
             pick(state["root"])
         k = len(Zi)
         U = V_ / root_                                               # W in the eigenbasis
-        U_ext = torch.cat([U, torch.zeros(k, 1, D, device=dev)], dim=1)  # + reference row
-        bias = torch.cat([b_, torch.zeros(k, 1, device=dev)], dim=1) + pick(state["mask"])
-        logits = torch.baddbmm(bias[:, None, :], Zi, U_ext.transpose(1, 2))  # [k, N, L]
-        logp = torch.log_softmax(logits, dim=2)
-        loss = -(logp.gather(2, tgt[:, :, None])[..., 0].to(f64) * w).sum(1) \
+        E = pick(state["E"])
+        W = torch.bmm(U, E.transpose(1, 2))      # W = U·Eᵀ: the rows Z stay unrotated
+        mask_ = pick(state["mask"])
+        logits = torch.baddbmm((b_ + mask_[:, :C_max])[:, None, :], Zi, W.transpose(1, 2))
+        # classes × rows, so the softmax runs over the short class axis with the rows
+        # contiguous (over a last axis of a few classes it costs as much as a product)
+        lt = torch.empty(k, L, N, device=dev)
+        lt[:, :C_max] = logits.transpose(1, 2)
+        lt[:, C_max] = mask_[:, C_max, None]                         # the reference column
+        logp = torch.log_softmax(lt, dim=1)
+        loss = -(logp.gather(1, tgt[:, None, :])[:, 0].to(f64) * w).sum(1) \
             + 0.5 * pick(state["l2"]) * U.to(f64).pow(2).sum((1, 2))
         G = logp.exp_()
-        G.scatter_add_(2, tgt[:, :, None], -torch.ones(k, N, 1, device=dev))
-        G = G[..., :C_max] * w.to(G.dtype)[..., None]
-        gU = torch.bmm(G.transpose(1, 2), Zi) + pick(state["l2"])[:, None, None].to(U.dtype) * U
+        G.scatter_add_(1, tgt[:, None, :], -torch.ones(k, 1, N, device=dev))
+        G = G[:, :C_max] * w.to(G.dtype)[:, None, :]                 # [k, C, N]
+        gU = torch.bmm(torch.bmm(G, Zi), E) + pick(state["l2"])[:, None, None].to(U.dtype) * U
         c = pick(state["col"])
-        return loss, gU / root_ * c[:, :, None], G.sum(1) * c
+        return loss, gU / root_ * c[:, :, None], G.sum(2) * c
 
     def flat(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return torch.cat([a.reshape(len(a), -1), c], dim=1)
@@ -284,9 +289,9 @@ def _solve(prepared: list[dict], max_iter: int, dev: torch.device
     theta, grad = flat(V, b), flat(gV, gb)
     final_theta = theta.clone()
     m = theta.shape[1]
-    S = torch.zeros(HISTORY, K, m, device=dev)
-    Y = torch.zeros(HISTORY, K, m, device=dev)
-    rho = torch.zeros(HISTORY, K, device=dev)
+    S = torch.zeros(K, HISTORY, m, device=dev)       # curvature pairs, slot order
+    Y = torch.zeros(K, HISTORY, m, device=dev)
+    valid = torch.zeros(K, HISTORY, dtype=torch.bool, device=dev)
     gamma = torch.ones(K, device=dev)
     n_iter = torch.zeros(K, dtype=torch.long, device=dev)
     final_iter = torch.zeros(K, dtype=torch.long, device=dev)
@@ -305,24 +310,14 @@ def _solve(prepared: list[dict], max_iter: int, dev: torch.device
                 state[key] = state[key][keep]
             theta, grad, loss, gamma, n_iter = (theta[keep], grad[keep], loss[keep],
                                                 gamma[keep], n_iter[keep])
-            S, Y, rho = S[:, keep], Y[:, keep], rho[:, keep]
+            S, Y, valid = S[keep], Y[keep], valid[keep]
             active = active[keep]
         if int(n_iter.max()) >= max_iter:
             final_theta[live] = theta
             final_iter[live] = n_iter
             break
-        q = -grad
         filled = min(int(n_iter.max()), HISTORY)
-        newest = [(slot - 1 - i) % HISTORY for i in range(filled)]
-        alpha = {}
-        for j in newest:
-            alpha[j] = rho[j] * torch.linalg.vecdot(S[j], q)
-            q = q - alpha[j][:, None] * Y[j]
-        r = gamma[:, None] * q
-        for j in reversed(newest):
-            beta = rho[j] * torch.linalg.vecdot(Y[j], r)
-            r = r + S[j] * (alpha[j] - beta)[:, None]
-        direction = r
+        direction = -_inverse_hessian_times(grad, S, Y, valid, gamma, slot, filled, f64)
         slope = (grad * direction).sum(1)
         bad = slope >= 0                             # not a descent direction: steepest
         if bool(bad.any()):
@@ -351,9 +346,9 @@ def _solve(prepared: list[dict], max_iter: int, dev: torch.device
         y_vec = new_grad - grad
         sy = (s_vec * y_vec).sum(1)
         good = (sy > 1e-10) & ~failed
-        S[slot] = torch.where(good[:, None], s_vec, torch.zeros_like(s_vec))
-        Y[slot] = torch.where(good[:, None], y_vec, torch.zeros_like(y_vec))
-        rho[slot] = torch.where(good, 1.0 / sy.clamp(min=1e-30), torch.zeros_like(sy))
+        S[:, slot] = torch.where(good[:, None], s_vec, torch.zeros_like(s_vec))
+        Y[:, slot] = torch.where(good[:, None], y_vec, torch.zeros_like(y_vec))
+        valid[:, slot] = good
         gamma = torch.where(good, sy / (y_vec * y_vec).sum(1).clamp(min=1e-30), gamma)
         slot = (slot + 1) % HISTORY
         change = (loss - new_loss).abs()
@@ -369,6 +364,37 @@ def _solve(prepared: list[dict], max_iter: int, dev: torch.device
         n_out = p["n_out"]
         out.append((W[k, :n_out].to(torch.float32).cpu().numpy().copy(),
                     b[k, :n_out].to(torch.float32).cpu().numpy().copy(), int(final_iter[k])))
+    return out
+
+
+def _inverse_hessian_times(g: Float[torch.Tensor, "k m"], S: Float[torch.Tensor, "k h m"],
+                           Y: Float[torch.Tensor, "k h m"], valid: torch.Tensor,
+                           gamma: Float[torch.Tensor, " k"], slot: int, filled: int,
+                           f64: torch.dtype) -> Float[torch.Tensor, "k m"]:
+    """H·g for every problem, H the L-BFGS inverse-Hessian estimate of its curvature pairs
+    (rows of ``S``, ``Y`` in slot order, ``slot`` the oldest once all are filled; pairs not
+    ``valid`` are zero and left out). The compact form (Byrd, Nocedal & Schnabel 1994;
+    Nocedal & Wright eq. 7.24), H = γI + [S γY]·M·[Sᵀ; γYᵀ], equals the two-loop recursion
+    but needs a handful of batched products instead of four small operations per pair."""
+    if filled == 0:
+        return gamma[:, None] * g
+    chrono = torch.tensor([(slot - filled + i) % HISTORY for i in range(filled)],
+                          device=g.device)                     # oldest first
+    Sc, Yc = S[:, chrono], Y[:, chrono]                        # [k, f, m]
+    ok = valid[:, chrono]
+    SY = torch.bmm(Sc, Yc.transpose(1, 2)).to(f64)             # sᵢ·yⱼ
+    YY = torch.bmm(Yc, Yc.transpose(1, 2)).to(f64)
+    p1 = torch.bmm(Sc, g[:, :, None]).to(f64)                  # Sᵀg [k, f, 1]
+    p2 = torch.bmm(Yc, g[:, :, None]).to(f64)                  # Yᵀg
+    eye = torch.diag_embed((~ok).to(f64))                      # empty pairs: unit pivots
+    R = torch.triu(SY) + eye
+    diag = torch.diagonal(SY, dim1=1, dim2=2)[:, :, None]
+    gam = gamma.to(f64)[:, None, None]
+    u = torch.linalg.solve_triangular(R, p1, upper=True)       # R⁻¹Sᵀg
+    top = torch.linalg.solve_triangular(R.transpose(1, 2), diag * u + gam * torch.bmm(YY, u)
+                                        - gam * p2, upper=False)
+    out = gamma[:, None] * g + torch.bmm(top.transpose(1, 2).to(g.dtype), Sc)[:, 0] \
+        - torch.bmm((gam * u).transpose(1, 2).to(g.dtype), Yc)[:, 0]
     return out
 
 
