@@ -7,6 +7,7 @@ and a check that probes and geometry read the store in bounded batches.
     python benchmarks/bench_scale.py --sizes 512x8,1024x12 --threads 1
     python benchmarks/bench_scale.py --max-params 5e8 --tokens 2000 --hooks 4
     python benchmarks/bench_scale.py --no-ladder --memory-tokens 5000,20000,60000
+    python benchmarks/bench_scale.py --no-ladder --memory-tokens 20000,60000 --probe-batch-mib 48
     python benchmarks/bench_scale.py --concepts all --tokens 2000 --sae-tokens 4096
     python benchmarks/bench_scale.py --no-ladder --match-widths 256,512,1024,1536,2048
 
@@ -40,8 +41,10 @@ on log parameters (and on log d_model) over the sizes that ran.
 
 The memory check (``--memory-tokens``) caches one size (``--memory-size``) on growing token
 counts, then runs the probe and geometry stages each in its own fresh subprocess, beside the
-rows ``ProbePair.fit`` gathers per hook. ``--match-widths`` times the SAE stage's one-to-one
-feature matching (a d_sae x d_sae cosine matrix and its assignment) alone.
+rows ``ProbePair.fit`` gathers per hook. ``--probe-batch-mib`` runs the probes again at
+smaller read budgets (``ProbeConfig.batch_bytes``: the concepts of a hook are read and
+fitted in groups within it). ``--match-widths`` times the SAE stage's one-to-one feature
+matching (a d_sae x d_sae cosine matrix and its assignment) alone.
 """
 
 from __future__ import annotations
@@ -261,6 +264,8 @@ def gathered_rows(store_a, config) -> int:
 
 def memory_child(job: dict) -> dict:
     """One stage (probes or geometry) on caches made earlier, in a fresh process."""
+    from dataclasses import replace
+
     from lensbias import diff
     from lensbias.store import ActivationStore
 
@@ -270,6 +275,8 @@ def memory_child(job: dict) -> dict:
             ActivationStore(work / "cache" / "b.h5") as store_b:
         hooks = tuple(h for h in store_a.hooks if h != "blocks.0.hook_resid_pre")
         config = _diff_config(job["concepts"], hooks, 2048, job["device"])
+        if job.get("batch_bytes"):
+            config = replace(config, probe_batch_bytes=int(job["batch_bytes"]))
         fn = {"probes": lambda: diff._probes(store_a, store_b, config),
               "geometry": lambda: diff._geometry(store_a, store_b, config)}[job["stage"]]
         meter.run(job["stage"], fn)
@@ -408,6 +415,7 @@ def report(rows: list[dict], args) -> None:
 def memory_check(args, root: Path) -> None:
     d, layers = parse_sizes(args.memory_size)[0]
     counts = [int(s) for s in args.memory_tokens.split(",")]
+    budgets = [float(s) for s in args.probe_batch_mib.split(",") if s.strip()]
     print(f"\nbounded-batch check: d_model {d} x {layers} layers; caches of "
           f"{', '.join(map(str, counts))} tokens; the probe and geometry stages each in a fresh "
           f"subprocess (peak RSS growth over the RSS at the stage's start); concepts: "
@@ -431,6 +439,11 @@ def memory_check(args, root: Path) -> None:
             r = _child({"kind": "memory", "work": str(work), "stage": stage,
                         "device": args.device, "concepts": args.concepts}, args.threads)
             out[stage] = r
+        for mib in budgets:                  # the probes again at smaller read budgets
+            out[f"probes@{mib}"] = _child({"kind": "memory", "work": str(work),
+                                           "stage": "probes", "device": args.device,
+                                           "concepts": args.concepts,
+                                           "batch_bytes": int(mib * MIB)}, args.threads)
         got.append(out)
         (work / "model-b").exists() and shutil.rmtree(work / "model-b", ignore_errors=True)
     print(f"\n{'tokens':>8}{'A file MB':>10}{'acts f32 MB':>12}{'probes s':>9}{'RSS start':>10}"
@@ -444,11 +457,24 @@ def memory_check(args, root: Path) -> None:
               f"{p.get('growth', 0) / MIB:>12.0f}{p.get('gathered') or 0:>14}"
               f"{q.get('seconds', float('nan')):>11.1f}"
               f"{q.get('rss_before', 0) / MIB:>10.0f}{q.get('growth', 0) / MIB:>14.0f}")
+    for mib in budgets:
+        print(f"probes with batch_bytes = {mib:g} MiB (ProbeConfig.batch_bytes; default "
+              f"{_default_batch() / MIB:g} MiB above):")
+        for g in got:
+            p = g.get(f"probes@{mib}") or {}
+            print(f"{g['n_tokens']:>8} tokens: {p.get('seconds', float('nan')):.1f} s, "
+                  f"peak +{p.get('growth', 0) / MIB:.0f} MiB over {p.get('rss_before', 0) / MIB:.0f}")
     print("(acts f32 MB: every chosen hook of one model loaded whole, float32; gathered rows: "
           "the rows ProbePair.fit reads per hook from each store, its `needed`, from the same "
           "selection functions: each concept's max_train + max_test cap plus max_train "
           "alignment rows)")
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _default_batch() -> int:
+    from lensbias.probes.pair import ProbeConfig
+
+    return ProbeConfig().batch_bytes
 
 
 def match_cost(widths: list[int], expansion: int = 8) -> None:
@@ -511,6 +537,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-tokens", default="",
                         help="token counts of the bounded-batch check, e.g. 4000,16000,40000")
     parser.add_argument("--memory-size", default="512x8")
+    parser.add_argument("--probe-batch-mib", default="",
+                        help="with --memory-tokens: also run the probes at these read budgets "
+                             "(MiB, comma-separated; ProbeConfig.batch_bytes)")
     parser.add_argument("--match-widths", default="",
                         help="d_model values for the SAE feature-matching cost, e.g. 512,1024")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())

@@ -222,6 +222,54 @@ def test_batched_stage_agrees_with_one_sklearn_fit_per_probe(stores):
         assert x.converged and y.converged
 
 
+def test_concepts_are_read_in_groups_within_the_byte_budget(stores, monkeypatch):
+    """With a budget below one concept's rows, each read of a concept's activations holds
+    that concept's rows only (the alignment rows are read apart, first), and the rows equal
+    those of one read per hook."""
+    from lensbias.probes import pair
+
+    a, b, _ = stores
+    cfg = ProbeConfig(n_bootstrap=20, min_class_tokens=10)
+    reads: dict[str, list[tuple[str, int]]] = {"whole": [], "split": []}
+    gather = pair._gather
+
+    def spy(run):
+        def read(store, hook, rows, block=32768):
+            reads[run].append((hook, len(rows)))
+            return gather(store, hook, rows, block)
+        return read
+
+    with ActivationStore(a) as store_a, ActivationStore(b) as store_b:
+        monkeypatch.setattr(pair, "_gather", spy("whole"))
+        whole = ProbePair(cfg).fit(store_a, store_b).rows
+        monkeypatch.setattr(pair, "_gather", spy("split"))
+        split = ProbePair(dataclasses.replace(cfg, batch_bytes=1)).fit(store_a, store_b).rows
+    hooks = {r.hook for r in split}
+    per_hook = {run: {h: [n for k, n in got if k == h] for h in hooks}
+                for run, got in reads.items()}
+    largest = max(r.n_train + r.n_test for r in split)
+    for h in hooks:
+        assert len(per_hook["whole"][h]) == 2 + 2        # align A, B; then A, B of all
+        assert len(per_hook["split"][h]) == 2 + 2 * 2    # align A, B; then A, B per concept
+        assert max(per_hook["split"][h][2:]) <= largest
+    assert [(r.concept, r.hook) for r in split] == [(r.concept, r.hook) for r in whole]
+    for x, y in zip(split, whole):
+        assert (x.C_a, x.C_b) == (y.C_a, y.C_b)
+        for key in ("acc_a", "retrained", "transfer", "aligned_transfer", "embed", "token_id"):
+            assert getattr(x, key) == pytest.approx(getattr(y, key), abs=2e-3, nan_ok=True)
+
+
+def test_concept_groups_fill_the_budget_in_order():
+    from lensbias.probes.pair import concept_groups
+
+    sizes = {"a": 10, "b": 10, "c": 30, "d": 5}
+    assert concept_groups(sizes, 1, 4 * 20) == [["a", "b"], ["c"], ["d"]]
+    assert concept_groups(sizes, 1, 4 * 100) == [["a", "b", "c", "d"]]
+    assert concept_groups(sizes, 1, 1) == [["a"], ["b"], ["c"], ["d"]]
+    with pytest.raises(LensbiasError, match="batch_bytes is 0"):
+        ProbeConfig(batch_bytes=0)
+
+
 def test_unknown_solver_is_a_clear_error():
     with pytest.raises(LensbiasError, match="ProbeConfig.solver is 'newton'; use one of lbfgs"):
         ProbeConfig(solver="newton")

@@ -64,6 +64,9 @@ class DiffConfig:
     """Control-task probes for selectivity (``ProbeConfig.control``)."""
     probe_ceiling: bool = True
     """Half-split probes for the direction-cosine ceiling (``ProbeConfig.ceiling``)."""
+    probe_batch_bytes: int = 2**30
+    """Activation bytes the probes read per group of concepts at a hook
+    (``ProbeConfig.batch_bytes``): the probe stage's memory follows it."""
     device: str = "cpu"
     """Torch device for the models (compression, caching, behaviour), the probes, their
     alignment maps and bootstrap replicates (``ProbeConfig.device``), the SAEs
@@ -258,7 +261,7 @@ def _probes(store_a: Any, store_b: Any, config: DiffConfig) -> dict[str, Any]:
 
     cfg = ProbeConfig(concepts=config.concepts, seed=config.seed, n_bootstrap=config.n_bootstrap,
                       control=config.probe_control, ceiling=config.probe_ceiling,
-                      device=config.device)
+                      batch_bytes=config.probe_batch_bytes, device=config.device)
     return ProbePair(cfg).fit(store_a, store_b).to_dict()
 
 

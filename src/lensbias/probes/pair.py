@@ -123,6 +123,11 @@ class ProbeConfig:
     """Rows with fewer test tokens are flagged ``underpowered`` and left out of aggregates."""
     test_fraction: float = 0.25
     """Share of documents held out for testing."""
+    batch_bytes: int = 2**30
+    """Activation bytes (float32, A's and B's rows together) read from the stores for one
+    group of concepts at a hook; concepts are fitted in groups within it, so the probe
+    stage's memory follows this (and the token caps), not the number of tokens or concepts.
+    A concept over it is a group alone."""
     device: str = "cpu"
     """Torch device every probe is fitted on (``LinearProbe.device``), the alignment maps
     are fitted and applied on (``AlignMap.device``) and the bootstrap replicates are summed
@@ -138,6 +143,9 @@ class ProbeConfig:
         if self.realign not in MAPS:
             raise LensbiasError(f"ProbeConfig.realign is {self.realign!r}; use one of "
                                 f"{', '.join(MAPS)}")
+        if self.batch_bytes < 1:
+            raise LensbiasError(f"ProbeConfig.batch_bytes is {self.batch_bytes}; it must be "
+                                "positive")
         if self.max_train < 2 or self.max_test < 1:
             raise LensbiasError(f"ProbeConfig.max_train={self.max_train}, max_test="
                                 f"{self.max_test}; both must be positive (max_train >= 2)")
@@ -182,36 +190,47 @@ class ProbePair:
         rows = []
         align_rows = _cap(np.flatnonzero(~test), groups, cfg.max_train,
                           np.random.default_rng([cfg.seed, 4]))
-        needed = np.unique(np.concatenate([align_rows, *(sel for _, sel in chosen.values())]))
         has_embed = EMBED_HOOK in store_a.hooks
-        embed = _gather(store_a, EMBED_HOOK, needed) if has_embed and chosen else None
         floors: dict[str, dict[str, np.ndarray]] = {}
         # C is chosen per concept and model on the middle hook, then reused at every hook
         # (features are standardised, so one C suits them); rows keep the hooks' order
         middle = hooks[len(hooks) // 2]
         for hook in [middle, *(h for h in hooks if h != middle)]:
-            acts_a = _gather(store_a, hook, needed)
-            acts_b = _gather(store_b, hook, needed)
+            a_align = _gather(store_a, hook, align_rows)
+            b_align = _gather(store_b, hook, align_rows)
             aligned = cfg.align == "procrustes" or (cfg.align == "auto"
-                                                    and acts_a.shape[1] != acts_b.shape[1])
-            at = np.searchsorted(needed, align_rows)
-            alignment = (AlignMap("procrustes", cfg.device).fit(acts_b[at], acts_a[at])
+                                                    and a_align.shape[1] != b_align.shape[1])
+            alignment = (AlignMap("procrustes", cfg.device).fit(b_align, a_align)
                          if aligned else None)
-            realign = AlignMap(cfg.realign, cfg.device).fit(acts_b[at], acts_a[at])
-            steps = []
-            for concept, (labels, sel) in chosen.items():
-                at = np.searchsorted(needed, sel)
-                names = store_a.classes(concept)
-                steps.append(concept_steps(
-                    acts_a[at], acts_b[at], labels[sel], groups[sel], test[sel],
-                    token_ids=tokens["ids"][sel], acts_embed=None if embed is None else embed[at],
-                    docs=docs[sel], word_types=None if types is None else types[sel],
-                    strata={k: v[sel] for k, v in strata.items()}, class_names=names,
-                    config=cfg, concept=concept, hook=hook, boot_weights=weights,
-                    alignment=alignment, realign=realign,
-                    floor_cache=floors.setdefault(concept, {})))
-            # every probe of every concept at this hook, round by round, as batched problems
-            rows.extend(run_steps(together(steps), cfg))
+            realign = AlignMap(cfg.realign, cfg.device).fit(b_align, a_align)
+            del a_align, b_align
+            width = store_a.d(hook) + store_b.d(hook)
+            for group in concept_groups({c: len(sel) for c, (_, sel) in chosen.items()},
+                                        width, cfg.batch_bytes):
+                # only this group's rows are read: memory follows batch_bytes, not the
+                # number of tokens or of concepts
+                needed = np.unique(np.concatenate([chosen[c][1] for c in group]))
+                acts_a = _gather(store_a, hook, needed)
+                acts_b = _gather(store_b, hook, needed)
+                embed = (_gather(store_a, EMBED_HOOK, needed)
+                         if has_embed and any(c not in floors for c in group) else None)
+                steps = []
+                for concept in group:
+                    labels, sel = chosen[concept]
+                    at = np.searchsorted(needed, sel)
+                    steps.append(concept_steps(
+                        acts_a[at], acts_b[at], labels[sel], groups[sel], test[sel],
+                        token_ids=tokens["ids"][sel],
+                        acts_embed=None if embed is None else embed[at], docs=docs[sel],
+                        word_types=None if types is None else types[sel],
+                        strata={k: v[sel] for k, v in strata.items()},
+                        class_names=store_a.classes(concept), config=cfg, concept=concept,
+                        hook=hook, boot_weights=weights, alignment=alignment,
+                        realign=realign, floor_cache=floors.setdefault(concept, {})))
+                del acts_a, acts_b, embed
+                # every probe of the group's concepts at this hook, round by round, as
+                # batched problems
+                rows.extend(run_steps(together(steps), cfg))
         rows.sort(key=lambda r: hooks.index(r.hook))
         return ProbeReport(rows, aggregate_readings(rows, cfg.confidence),
                            aggregate(rows, "freq_bucket", cfg.confidence), skipped,
@@ -717,6 +736,23 @@ def document_ids(store, example: Int[np.ndarray, " tokens"] | None = None
     missing = out < 0
     out[missing] = example[missing] + offset
     return np.unique(out, return_inverse=True)[1].astype(np.int64)
+
+
+def concept_groups(sizes: dict[str, int], width: int, budget: int) -> list[list[str]]:
+    """Concepts (in order) in consecutive groups whose rows (``sizes``: rows per concept) of
+    ``width`` float32 features fit in ``budget`` bytes; a concept over the budget alone is
+    a group of its own."""
+    out: list[list[str]] = []
+    used = 0
+    for concept, n in sizes.items():
+        cost = n * width * 4
+        if out and used + cost <= budget:
+            out[-1].append(concept)
+            used += cost
+        else:
+            out.append([concept])
+            used = cost
+    return out
 
 
 def _strata(store) -> dict[str, np.ndarray]:
