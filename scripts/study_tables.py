@@ -6,8 +6,9 @@ Per folder it reads the finished cells (``lensbias.sweep.read_results``) and the
 interaction from ``analysis.json`` (what ``lensbias sweep`` computed from the same cells;
 recomputed when it is missing or from other cells), so every number is the package's.
 Tables: who enters (floors and kinds), the interaction per reading with its three
-intervals, the per-corpus survivals behind it, behaviour per calibration domain, and
-anisotropy at a fixed level.
+intervals, the per-corpus survivals behind it, the data-free control (a calibrated
+method's survival against magnitude pruning's at the same level), behaviour per
+calibration domain, and anisotropy at a fixed level.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from lensbias.sweep import analyse, read_results
-from lensbias.sweep.stats import READINGS, entering, row_calib_domain, study_kinds
+from lensbias.sweep.stats import READINGS, entering, row_calib_domain, study_kinds, t_interval
 
 
 def _f(v: Any, digits: int = 3) -> str:
@@ -127,6 +128,59 @@ def corpus_table(rows: list[dict[str, Any]], kind: str = "contextual") -> None:
               f"{cells[0]} | {cells[1]} |")
 
 
+def _survival(rows: list[dict[str, Any]], key: str) -> float:
+    """S = Σ(reading − baseline) / Σ(acc A − baseline): the ratio of sums over ``rows``."""
+    den = sum(r["acc_a"] - r["baseline"] for r in rows)
+    return sum(r[key] - r["baseline"] for r in rows) / den if den else float("nan")
+
+
+def data_free_table(rows: list[dict[str, Any]], kind: str = "contextual") -> None:
+    """Each calibrated method's S(code concepts) and S(prose concepts), pooled over the
+    calibration corpora of one domain, beside magnitude pruning's (data-free: it reads no
+    calibration data) at the same level; the difference per seed (same seed: the same probes
+    and data) with a seed-level t interval."""
+    entered = entering(rows, kind)
+    free = [r for r in entered if str(r["method"]).startswith("magnitude")]
+    if not free:
+        print("(no magnitude cells)")
+        return
+    print("| level | reading | method | calibration | S(code) | S(prose) | S(code) − magnitude "
+          "(seed t 95%) | S(prose) − magnitude (seed t 95%) | seeds |")
+    print("|---:|---|---|---|---:|---:|---|---|---:|")
+    for level in sorted({r["level"] for r in free}):
+        base = [r for r in free if r["level"] == level]
+        methods = sorted({r["method"] for r in entered if r["level"] == level} - {base[0]["method"]})
+        for reading, key in READINGS.items():
+            name = reading.replace("_", " ")
+            ref = {dom: _survival([r for r in base if r["concept_domain"] == dom], key)
+                   for dom in ("code", "prose")}
+            print(f"| {level} | {name} | {base[0]['method']} | none (data-free) | "
+                  f"{ref['code']:.3f} | {ref['prose']:.3f} | – | – | "
+                  f"{len({r['seed'] for r in base})} |")
+            for method in methods:
+                for calib in ("code", "prose"):
+                    mine = [r for r in entered if r["method"] == method and r["level"] == level
+                            and row_calib_domain(r) == calib]
+                    seeds = sorted({r["seed"] for r in mine} & {r["seed"] for r in base})
+                    cells = []
+                    for dom in ("code", "prose"):
+                        diffs = np.array([
+                            _survival([r for r in mine if r["seed"] == s
+                                       and r["concept_domain"] == dom], key)
+                            - _survival([r for r in base if r["seed"] == s
+                                         and r["concept_domain"] == dom], key)
+                            for s in seeds])
+                        if len(diffs) >= 2:
+                            mean, ci, _, _ = t_interval(diffs)
+                            cells.append(f"{mean:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]")
+                        else:
+                            cells.append("–")
+                    pooled = {dom: _survival([r for r in mine if r["concept_domain"] == dom], key)
+                              for dom in ("code", "prose")}
+                    print(f"| {level} | {name} | {method} | {calib} | {pooled['code']:.3f} | "
+                          f"{pooled['prose']:.3f} | {cells[0]} | {cells[1]} | {len(seeds)} |")
+
+
 def behaviour_table(rows: list[dict[str, Any]]) -> None:
     """B's behaviour per method, level and calibration domain (cells averaged): embedding
     fidelity for encoders, bits/byte for causal models."""
@@ -175,6 +229,8 @@ def main(argv: list[str]) -> None:
             inversion_table(result, kind)
         print("\n## Survival per calibration corpus (contextual concepts)\n")
         corpus_table(rows)
+        print("\n## The data-free control: calibrated methods against magnitude pruning\n")
+        data_free_table(rows)
         print("\n## Behaviour\n")
         behaviour_table(rows)
         print("\n## Anisotropy at a fixed level\n")
