@@ -178,3 +178,37 @@ def test_compact_inverse_hessian_equals_the_two_loop_recursion(filled, slot):
         assert np.allclose(got[p], want, rtol=1e-9, atol=1e-9), p
     if filled:
         assert not np.allclose(got[0], gamma[0] * g[0])               # the pairs mattered
+
+
+def test_problems_on_one_array_share_one_decomposition(monkeypatch):
+    """The C grid's problems (one array, several C) decompose one covariance, and reach
+    what separate copies of the array reach."""
+    from lensbias.probes import batched
+
+    X, y = planted(900, 24, 4, seed=3)
+    sizes = []
+    eigh = batched._eigh
+
+    def spy(cov):
+        sizes.append(cov.shape[0])
+        return eigh(cov)
+
+    monkeypatch.setattr(batched, "_eigh", spy)
+    shared = fit_batch([Problem(X, y, c) for c in (0.1, 1.0, 10.0)])
+    assert sizes == [1]
+    apart = fit_batch([Problem(X.copy(), y, c) for c in (0.1, 1.0, 10.0)])
+    assert sizes == [1, 3]
+    for a, b in zip(shared, apart):
+        assert np.allclose(a.coef_, b.coef_, atol=1e-6) and a.n_iter_ == b.n_iter_
+
+
+def test_a_float32_decomposition_changes_the_path_not_the_answer(monkeypatch):
+    from lensbias.probes import batched
+
+    X, y = planted(1500, 64, 3, seed=4)
+    monkeypatch.setattr(batched, "EIGH_FLOAT32_FROM", 10**9)
+    exact = fit_batch([Problem(X, y, 1.0)], tol=1e-6)[0]
+    monkeypatch.setattr(batched, "EIGH_FLOAT32_FROM", 1)
+    single = fit_batch([Problem(X, y, 1.0)], tol=1e-6)[0]
+    assert np.abs(exact.coef_ - single.coef_).max() <= 1e-3 * np.abs(exact.coef_).max()
+    assert (exact.predict(X) == single.predict(X)).mean() >= 0.999

@@ -16,7 +16,8 @@ Per problem, in standardised features Z (``(X − mean) / scale``, as ``LinearPr
 - objective: mean cross-entropy + l2/2·||W||², l2 = 1/(C·n), intercept unpenalised; one
   logit for two classes (class 0 is a fixed zero logit), one per class above that;
 - preconditioning: the solver's variable V gives W = (V / √s)·Eᵀ, with E, λ the
-  eigenvectors and eigenvalues of Σ = ZᵀZ/n (float64) and s = λ/4 + l2: the inverse
+  eigenvectors and eigenvalues of Σ = ZᵀZ/n (one decomposition per distinct row array:
+  the C grid's problems share theirs) and s = λ/4 + l2: the inverse
   square root of the objective's curvature at zero. In V the penalty is diagonal
   (l2/2·Σᵢ ||V·,ᵢ||²/sᵢ); each evaluation maps V to W (a C × D × D product) and the
   gradient back, so the rows Z are never rotated (an N × D × D product per problem);
@@ -31,7 +32,8 @@ Per problem, in standardised features Z (``(X − mean) / scale``, as ``LinearPr
 
 Shapes: ``K`` problems, ``N`` rows (the largest), ``D`` features, ``L`` logits (the largest
 number of classes, plus one reference column that is 0 for binary problems and −∞ else).
-Matrix products run in float32, losses are summed and spectra decomposed in float64.
+Matrix products run in float32; losses are summed in float64, and spectra decomposed in
+float64 below ``EIGH_FLOAT32_FROM`` features, in float32 from there.
 """
 
 from __future__ import annotations
@@ -61,6 +63,12 @@ WASTE = 1.15
 a CPU the solve is bound by its matrix products, so stacking saves little there (measured:
 padded stacks were slower, docs/performance.md); on a GPU it replaces many small kernels
 by one."""
+
+
+EIGH_FLOAT32_FROM = 512
+"""Widths from which the preconditioner's eigendecomposition runs in float32: about half
+the time of float64 from d = 512 up (d = 2048: 1.1 s against 2.6 s on one CPU thread), and at
+d ≥ 1024 the per-probe decompositions are most of the probe stage (docs/performance.md)."""
 
 
 @dataclass
@@ -226,10 +234,19 @@ def _solve(prepared: list[dict], max_iter: int, dev: torch.device
         else:
             target[k, :n] = t
             mask[k, :p["n_out"]] = 0.0
-    # preconditioner: Σ = ZᵀZ/n per problem (pad rows are zero), one batched eigh
-    n_rows = torch.tensor([len(p["X"]) for p in prepared], dtype=f64, device=dev)
-    cov = torch.bmm(Z.transpose(1, 2), Z).to(f64) / n_rows[:, None, None]
+    # preconditioner: Σ = ZᵀZ/n per problem (pad rows are zero), one batched eigh, shared
+    # by the problems fitted on the same rows (the C grid: one array, several C)
+    first: dict[int, int] = {}
+    owner = [first.setdefault(id(p["X"]), k) for k, p in enumerate(prepared)]
+    uniq = sorted(set(owner))
+    n_rows = torch.tensor([len(prepared[k]["X"]) for k in uniq], dtype=f64, device=dev)
+    Zu = Z[uniq] if len(uniq) < K else Z
+    cov = torch.bmm(Zu.transpose(1, 2), Zu).to(f64) / n_rows[:, None, None]
+    del Zu
     eigval, eigvec = _eigh(cov)
+    if len(uniq) < K:
+        at = torch.tensor([uniq.index(o) for o in owner], device=dev)
+        eigval, eigvec = eigval[at], eigvec[at]
     s = eigval.clamp(min=0)[:, None, :] / 4 + l2[:, None, None]       # [K, 1, D]
     root = torch.sqrt(s).to(torch.float32)
     V = torch.zeros(K, C_max, D, device=dev)
@@ -399,8 +416,13 @@ def _inverse_hessian_times(g: Float[torch.Tensor, "k m"], S: Float[torch.Tensor,
 
 
 def _eigh(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched symmetric eigendecomposition (on the CPU for MPS, which has no float64)."""
+    """Batched symmetric eigendecomposition (on the CPU for MPS, which has no float64); in
+    float32 from ``EIGH_FLOAT32_FROM`` features up (the preconditioner need not be exact:
+    it changes the path, not the optimum)."""
     if cov.device.type == "mps":
         val, vec = torch.linalg.eigh(cov.cpu().double())
         return val.to(cov.device, torch.float32), vec.to(cov.device, torch.float32)
+    if cov.shape[-1] >= EIGH_FLOAT32_FROM:
+        val, vec = torch.linalg.eigh(cov.to(torch.float32))
+        return val.to(cov.dtype), vec.to(cov.dtype)
     return torch.linalg.eigh(cov)

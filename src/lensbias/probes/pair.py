@@ -392,7 +392,8 @@ def select_steps(X: Float[np.ndarray, "tokens d"], y: Int[np.ndarray, " tokens"]
         val = np.isin(docs, grouped_split(uniq, 0.25, seed=config.seed + 7))
         val &= np.isin(y, np.unique(y[~val]))
         if val.any() and len(np.unique(y[~val])) >= 2:
-            fitted = yield [Problem(X[~val], y[~val], c) for c in grid]
+            X_fit, y_fit = X[~val], y[~val]        # one array: the solver shares its basis
+            fitted = yield [Problem(X_fit, y_fit, c) for c in grid]
             best = int(np.argmax([p.score(X[val], y[val]) for p in fitted]))
             chosen, init = float(grid[best]), fitted[best]
     elif len(grid) == 1:
