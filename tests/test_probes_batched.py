@@ -205,10 +205,21 @@ def test_problems_on_one_array_share_one_decomposition(monkeypatch):
 def test_a_float32_decomposition_changes_the_path_not_the_answer(monkeypatch):
     from lensbias.probes import batched
 
+    import torch
+
     X, y = planted(1500, 64, 3, seed=4)
+    dtypes = []
+    eigh = torch.linalg.eigh
+
+    def spy(a):
+        dtypes.append(a.dtype)
+        return eigh(a)
+
+    monkeypatch.setattr(torch.linalg, "eigh", spy)
     monkeypatch.setattr(batched, "EIGH_FLOAT32_FROM", 10**9)
     exact = fit_batch([Problem(X, y, 1.0)], tol=1e-6)[0]
     monkeypatch.setattr(batched, "EIGH_FLOAT32_FROM", 1)
     single = fit_batch([Problem(X, y, 1.0)], tol=1e-6)[0]
+    assert dtypes == [torch.float64, torch.float32]
     assert np.abs(exact.coef_ - single.coef_).max() <= 1e-3 * np.abs(exact.coef_).max()
     assert (exact.predict(X) == single.predict(X)).mean() >= 0.999

@@ -16,8 +16,8 @@ Per problem, in standardised features Z (``(X − mean) / scale``, as ``LinearPr
 - objective: mean cross-entropy + l2/2·||W||², l2 = 1/(C·n), intercept unpenalised; one
   logit for two classes (class 0 is a fixed zero logit), one per class above that;
 - preconditioning: the solver's variable V gives W = (V / √s)·Eᵀ, with E, λ the
-  eigenvectors and eigenvalues of Σ = ZᵀZ/n (one decomposition per distinct row array:
-  the C grid's problems share theirs) and s = λ/4 + l2: the inverse
+  eigenvectors and eigenvalues of Σ = ZᵀZ/n (one decomposition per distinct row array in
+  a stack: the C grid's problems, which sort together, share theirs) and s = λ/4 + l2: the inverse
   square root of the objective's curvature at zero. In V the penalty is diagonal
   (l2/2·Σᵢ ||V·,ᵢ||²/sᵢ); each evaluation maps V to W (a C × D × D product) and the
   gradient back, so the rows Z are never rotated (an N × D × D product per problem);
@@ -389,30 +389,32 @@ def _inverse_hessian_times(g: Float[torch.Tensor, "k m"], S: Float[torch.Tensor,
                            gamma: Float[torch.Tensor, " k"], slot: int, filled: int,
                            f64: torch.dtype) -> Float[torch.Tensor, "k m"]:
     """H·g for every problem, H the L-BFGS inverse-Hessian estimate of its curvature pairs
-    (rows of ``S``, ``Y`` in slot order, ``slot`` the oldest once all are filled; pairs not
-    ``valid`` are zero and left out). The compact form (Byrd, Nocedal & Schnabel 1994;
-    Nocedal & Wright eq. 7.24), H = γI + [S γY]·M·[Sᵀ; γYᵀ], equals the two-loop recursion
-    but needs a handful of batched products instead of four small operations per pair."""
+    (rows of ``S``, ``Y`` in slot order, ``slot`` the next to be written, so the oldest once
+    all are filled; pairs not ``valid`` are zero and left out). The compact form (Byrd,
+    Nocedal & Schnabel 1994; Nocedal & Wright eq. 7.24), H = γI + [S γY]·M·[Sᵀ; γYᵀ],
+    equals the two-loop recursion but needs a handful of batched products instead of four
+    small operations per pair. The pairs stay in slot order; only the h × h matrices and
+    the h-vectors are put in time order."""
     if filled == 0:
         return gamma[:, None] * g
-    chrono = torch.tensor([(slot - filled + i) % HISTORY for i in range(filled)],
-                          device=g.device)                     # oldest first
-    Sc, Yc = S[:, chrono], Y[:, chrono]                        # [k, f, m]
-    ok = valid[:, chrono]
-    SY = torch.bmm(Sc, Yc.transpose(1, 2)).to(f64)             # sᵢ·yⱼ
-    YY = torch.bmm(Yc, Yc.transpose(1, 2)).to(f64)
-    p1 = torch.bmm(Sc, g[:, :, None]).to(f64)                  # Sᵀg [k, f, 1]
-    p2 = torch.bmm(Yc, g[:, :, None]).to(f64)                  # Yᵀg
-    eye = torch.diag_embed((~ok).to(f64))                      # empty pairs: unit pivots
-    R = torch.triu(SY) + eye
+    h = S.shape[1]
+    # oldest first; slots not yet written are zero and invalid, so where they sit is moot
+    order = torch.tensor([(slot + i) % h for i in range(h)], device=g.device)
+    ok = valid[:, order]
+    SY = torch.bmm(S, Y.transpose(1, 2)).to(f64)[:, order][:, :, order]   # sᵢ·yⱼ
+    YY = torch.bmm(Y, Y.transpose(1, 2)).to(f64)[:, order][:, :, order]
+    p1 = torch.bmm(S, g[:, :, None]).to(f64)[:, order]                    # Sᵀg [k, h, 1]
+    p2 = torch.bmm(Y, g[:, :, None]).to(f64)[:, order]                    # Yᵀg
+    R = torch.triu(SY) + torch.diag_embed((~ok).to(f64))                  # empty: unit pivots
     diag = torch.diagonal(SY, dim1=1, dim2=2)[:, :, None]
     gam = gamma.to(f64)[:, None, None]
-    u = torch.linalg.solve_triangular(R, p1, upper=True)       # R⁻¹Sᵀg
+    u = torch.linalg.solve_triangular(R, p1, upper=True)                  # R⁻¹Sᵀg
     top = torch.linalg.solve_triangular(R.transpose(1, 2), diag * u + gam * torch.bmm(YY, u)
                                         - gam * p2, upper=False)
-    out = gamma[:, None] * g + torch.bmm(top.transpose(1, 2).to(g.dtype), Sc)[:, 0] \
-        - torch.bmm((gam * u).transpose(1, 2).to(g.dtype), Yc)[:, 0]
-    return out
+    back = torch.empty_like(order)
+    back[order] = torch.arange(h, device=g.device)                        # time → slot order
+    return gamma[:, None] * g + torch.bmm(top[:, back].transpose(1, 2).to(g.dtype), S)[:, 0] \
+        - torch.bmm((gam * u)[:, back].transpose(1, 2).to(g.dtype), Y)[:, 0]
 
 
 def _eigh(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -240,36 +241,13 @@ class ProbePair:
 
 def fit_concept(acts_a: Float[np.ndarray, "tokens d_a"], acts_b: Float[np.ndarray, "tokens d_b"],
                 labels: Int[np.ndarray, " tokens"], groups: Int[np.ndarray, " tokens"],
-                test: Bool[np.ndarray, " tokens"], *,
-                token_ids: Int[np.ndarray, " tokens"] | None = None,
-                acts_embed: Float[np.ndarray, "tokens d_a"] | None = None,
-                docs: Int[np.ndarray, " tokens"] | None = None,
-                word_types: Int[np.ndarray, " tokens"] | None = None,
-                strata: dict[str, np.ndarray] | None = None,
-                class_names: list[str] | None = None, config: ProbeConfig = ProbeConfig(),
-                concept: str = "concept", hook: str = "hook",
-                boot_weights: Float[np.ndarray, "resamples docs"] | None = None,
-                alignment: AlignMap | None = None, realign: AlignMap | None = None,
-                floor_cache: dict[str, np.ndarray] | None = None) -> ProbeRow:
-    """The probe pair of one concept at one hook, on arrays (the core of ``ProbePair``).
-
-    ``labels`` are class indices (-1: none), ``groups`` example ids (the unit of the token
-    caps), ``docs`` source-document ids (the unit of the bootstrap and of C selection;
-    default: ``groups``), ``test`` the held-out mask; ``token_ids`` feed the token-id floor
-    and ``acts_embed`` (A's context-free embedding stream) the embed floor (each NaN when
-    absent). ``strata`` maps a name (``freq_bucket``, ``domain``) to a per-token string
-    array. Without ``word_types`` every token is its own type. Without ``boot_weights`` the
-    bootstrap resamples the test documents found here. ``alignment`` is the map ``readout``
-    goes through (Procrustes when widths differ; fitted here when needed and not given);
-    ``realign`` the label-free map of ``aligned_readout`` (fitted here on the training
-    tokens when not given). ``floor_cache`` keeps a concept's floors and its chosen C of A
-    and of B across hooks (a dict, filled by the first call).
-    """
-    return run_steps(concept_steps(
-        acts_a, acts_b, labels, groups, test, token_ids=token_ids, acts_embed=acts_embed,
-        docs=docs, word_types=word_types, strata=strata, class_names=class_names, config=config,
-        concept=concept, hook=hook, boot_weights=boot_weights, alignment=alignment,
-        realign=realign, floor_cache=floor_cache), config)
+                test: Bool[np.ndarray, " tokens"], *, config: ProbeConfig = ProbeConfig(),
+                **options: Any) -> ProbeRow:
+    """The probe pair of one concept at one hook, on arrays (the core of ``ProbePair``):
+    ``concept_steps`` run to the end, its probes fitted round by round. ``options`` are
+    ``concept_steps``' keyword arguments (floors' inputs, strata, names, maps, caches)."""
+    return run_steps(concept_steps(acts_a, acts_b, labels, groups, test, config=config,
+                                   **options), config)
 
 
 def concept_steps(acts_a: Float[np.ndarray, "tokens d_a"], acts_b: Float[np.ndarray, "tokens d_b"],
@@ -285,8 +263,22 @@ def concept_steps(acts_a: Float[np.ndarray, "tokens d_a"], acts_b: Float[np.ndar
                 boot_weights: Float[np.ndarray, "resamples docs"] | None = None,
                 alignment: AlignMap | None = None, realign: AlignMap | None = None,
                 floor_cache: dict[str, np.ndarray] | None = None) -> Steps:
-    """``fit_concept`` as steps (see ``Steps``): it yields the probes to fit in rounds and
-    returns the row, so ``ProbePair`` can fit the probes of every concept of a hook together."""
+    """The probe pair of one concept at one hook, on arrays, as steps (see ``Steps``): it
+    yields the probes to fit in rounds and returns the row, so ``ProbePair`` can fit the
+    probes of every concept of a hook together (``fit_concept`` runs it alone).
+
+    ``labels`` are class indices (-1: none), ``groups`` example ids (the unit of the token
+    caps), ``docs`` source-document ids (the unit of the bootstrap and of C selection;
+    default: ``groups``), ``test`` the held-out mask; ``token_ids`` feed the token-id floor
+    and ``acts_embed`` (A's context-free embedding stream) the embed floor (each NaN when
+    absent). ``strata`` maps a name (``freq_bucket``, ``domain``) to a per-token string
+    array. Without ``word_types`` every token is its own type. Without ``boot_weights`` the
+    bootstrap resamples the test documents found here. ``alignment`` is the map ``readout``
+    goes through (Procrustes when widths differ; fitted here when needed and not given);
+    ``realign`` the label-free map of ``aligned_readout`` (fitted here on the training
+    tokens when not given). ``floor_cache`` keeps a concept's floors and its chosen C of A
+    and of B across hooks (a dict, filled by the first call).
+    """
     cfg = config
     acts_a, acts_b = np.asarray(acts_a, np.float32), np.asarray(acts_b, np.float32)
     labels, groups = np.asarray(labels, np.int64), np.asarray(groups, np.int64)
