@@ -9,6 +9,9 @@ prints held-out accuracy, seconds per fit and the speed ratio, in one process.
         --hook blocks.2.hook_resid_post --concept upos
     python benchmarks/bench_probes.py --sweep              # every concept x hook of a diff
     python benchmarks/bench_probes.py --stage DIR          # the diff's whole probe stage
+    python benchmarks/bench_probes.py --grid-scores DIR --concept deprel \
+        --hook blocks.2.hook_resid_post                    # one concept's C choice, both ways
+    python benchmarks/bench_probes.py --eigh 512,1024,1536,2048   # the preconditioner's cost
 
 ``--sweep`` caches tiny-mixed on the diff's default data (UD-EWT + held-out Python, 60k
 characters each), then fits every probe a diff fits on A (each concept at each block, the
@@ -22,6 +25,12 @@ batched solver and once with one converged scikit-learn ``LogisticRegression`` p
 (``ProbeConfig(solver="sklearn")``), interleaved ``--repeats`` times (best of each), and
 prints both times and, over every row, the largest difference of each accuracy, of the
 chosen C and of the cosines.
+
+``--grid-scores DIR`` shows how one concept's C is chosen at one hook of that diff, for A and
+for B: the validation tokens each C gets right with lensbias' solver (the grid as one
+batch, tolerance 1e-4), with sklearn at its default tolerance 1e-4, and with sklearn at 1e-8
+(the exact optimum, for practical purposes). ``--eigh`` times one d x d symmetric
+eigendecomposition (the probes' preconditioner) in float64 and in float32.
 """
 
 from __future__ import annotations
@@ -169,6 +178,63 @@ def stage(folder: str, repeats: int) -> None:
           f"({best['sklearn'] / best['lbfgs']:.2f}x faster)")
 
 
+def grid_scores(folder: str, concept: str, hook: str) -> None:
+    from pathlib import Path
+
+    from lensbias.probes.batched import Problem
+    from lensbias.probes.fast import fit_batch
+    from lensbias.probes.pair import (ProbeConfig, _same_tokens, document_ids, grid_split,
+                                      select_tokens)
+    from lensbias.store import ActivationStore
+
+    cfg = ProbeConfig()
+    cache = Path(folder) / "cache"
+    with ActivationStore(cache / "a.h5") as a, ActivationStore(cache / "b.h5") as b:
+        groups = _same_tokens(a, b)["example"].astype(np.int64)
+        docs = document_ids(a, groups)
+        test = grouped_split(docs, cfg.test_fraction, seed=cfg.seed)
+        labels = a.labels(concept)
+        tr, _ = select_tokens(labels, groups, test, cfg)
+        for name, store in (("A", a), ("B", b)):
+            X, y = store.activations(hook, tr), labels[tr]
+            val = grid_split(y, docs[tr], cfg)
+            if val is None:
+                print(f"{name}: no C grid here (too few documents or classes)")
+                continue
+            grid = sorted(cfg.C_grid)
+            fit = X[~val]
+            ours = fit_batch([Problem(fit, y[~val], c) for c in grid], max_iter=cfg.max_iter,
+                             tol=cfg.tol)
+            scaler = StandardScaler().fit(fit)
+            right = {"lensbias, tol 1e-4": [int((p.predict(X[val]) == y[val]).sum())
+                                            for p in ours]}
+            for tol in (1e-4, 1e-8):
+                fitted = [LogisticRegression(C=c, tol=tol, max_iter=20000).fit(
+                    scaler.transform(fit), y[~val]) for c in grid]
+                right[f"sklearn, tol {tol:g}"] = [
+                    int((m.predict(scaler.transform(X[val])) == y[val]).sum()) for m in fitted]
+            print(f"{name}: {concept} at {hook}, {int(val.sum())} validation tokens right at "
+                  f"C = {grid} (the first best wins):")
+            for who, counts in right.items():
+                print(f"  {who:<20} {counts} -> C = {grid[int(np.argmax(counts))]}")
+
+
+def eigh_cost(widths: list[int]) -> None:
+    rng = np.random.default_rng(0)
+    print(f"{'d':>6} {'float64 s':>10} {'float32 s':>10}")
+    for d in widths:
+        a = torch.from_numpy(rng.normal(size=(d, d)))
+        cov = a @ a.T / d
+        took = []
+        for dtype in (torch.float64, torch.float32):
+            x = cov.to(dtype)
+            torch.linalg.eigh(x)                     # warm-up
+            start = time.perf_counter()
+            torch.linalg.eigh(x)
+            took.append(time.perf_counter() - start)
+        print(f"{d:>6} {took[0]:>10.3f} {took[1]:>10.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10667, help="tokens (3/4 train by group)")
@@ -186,6 +252,10 @@ def main() -> None:
     parser.add_argument("--max-chars", type=int, default=60_000, help="--sweep: data per domain")
     parser.add_argument("--stage", metavar="DIR", help="the diff's probe stage on DIR/cache, "
                         "batched vs sklearn")
+    parser.add_argument("--grid-scores", metavar="DIR", help="one concept's C choice at one "
+                        "hook of DIR/cache (with --concept, --hook), lensbias and sklearn")
+    parser.add_argument("--eigh", metavar="WIDTHS", help="time d x d eigendecompositions, "
+                        "float64 and float32, e.g. 512,1024,2048")
     args = parser.parse_args([a for a in sys.argv[1:] if not a.startswith("bench_")])
     torch.set_num_threads(args.threads)
     try:
@@ -198,6 +268,12 @@ def main() -> None:
         return
     if args.stage:
         stage(args.stage, args.repeats)
+        return
+    if args.grid_scores:
+        grid_scores(args.grid_scores, args.concept, args.hook)
+        return
+    if args.eigh:
+        eigh_cost([int(w) for w in args.eigh.split(",")])
         return
     if args.cache:
         X, y, groups = from_cache(args.cache, args.hook, args.concept, args.n)

@@ -379,11 +379,9 @@ def select_steps(X: Float[np.ndarray, "tokens d"], y: Int[np.ndarray, " tokens"]
         return probe, float(fixed)
     chosen = 1.0
     grid = sorted(config.C_grid)
-    uniq = np.unique(docs)
-    if len(grid) > 1 and len(uniq) >= 4:
-        val = np.isin(docs, grouped_split(uniq, 0.25, seed=config.seed + 7))
-        val &= np.isin(y, np.unique(y[~val]))
-        if val.any() and len(np.unique(y[~val])) >= 2:
+    if len(grid) > 1:
+        val = grid_split(y, docs, config)
+        if val is not None:
             X_fit, y_fit = X[~val], y[~val]        # one array: the solver shares its basis
             fitted = yield [Problem(X_fit, y_fit, c) for c in grid]
             best = int(np.argmax([p.score(X[val], y[val]) for p in fitted]))
@@ -392,6 +390,19 @@ def select_steps(X: Float[np.ndarray, "tokens d"], y: Int[np.ndarray, " tokens"]
         chosen = float(grid[0])
     (probe,) = yield [Problem(X, y, chosen, init)]
     return probe, chosen
+
+
+def grid_split(y: Int[np.ndarray, " tokens"], docs: Int[np.ndarray, " tokens"],
+               config: ProbeConfig) -> Bool[np.ndarray, " tokens"] | None:
+    """The held-out quarter of the training documents that C is chosen on (classes unseen
+    in the rest dropped from it); None when there are too few documents (< 4) or the rest
+    lacks two classes (C = 1 is used then)."""
+    uniq = np.unique(docs)
+    if len(uniq) < 4:
+        return None
+    val = np.isin(docs, grouped_split(uniq, 0.25, seed=config.seed + 7))
+    val &= np.isin(y, np.unique(y[~val]))
+    return val if val.any() and len(np.unique(y[~val])) >= 2 else None
 
 
 def _floor_steps(token_ids: np.ndarray | None, acts_embed: np.ndarray | None, tr: np.ndarray,
