@@ -67,7 +67,7 @@ by one."""
 
 EIGH_FLOAT32_FROM = 512
 """Widths from which the preconditioner's eigendecomposition runs in float32: about half
-the time of float64 from d = 512 up (d = 2048: 1.1 s against 2.6 s on one CPU thread), and at
+the time of float64 from d = 512 up (d = 2048: 0.97 s against 2.53 s on one CPU thread), and at
 d ≥ 1024 the per-probe decompositions are most of the probe stage (docs/performance.md)."""
 
 
