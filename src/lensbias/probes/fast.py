@@ -13,7 +13,7 @@ activation space (``X @ coef_.T + intercept_`` gives the logits), and that raw s
 where lensbias compares directions.
 
 Device: ``device`` (default ``cpu``) is where the solver runs: the standardised features,
-the preconditioner (covariance in float64, its eigendecomposition in float64 below
+the preconditioner (covariance as a float32 product, its eigendecomposition in float64 below
 ``probes.batched.EIGH_FLOAT32_FROM`` features and float32 from there) and L-BFGS are torch
 tensors on that device, and the fitted arrays come back as numpy. The mean and scale are
 computed in numpy float32 on the host; CPU and CUDA run the same code.
