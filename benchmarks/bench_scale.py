@@ -463,7 +463,8 @@ def memory_check(args, root: Path) -> None:
         for g in got:
             p = g.get(f"probes@{mib}") or {}
             print(f"{g['n_tokens']:>8} tokens: {p.get('seconds', float('nan')):.1f} s, "
-                  f"peak +{p.get('growth', 0) / MIB:.0f} MiB over {p.get('rss_before', 0) / MIB:.0f}")
+                  f"peak +{p.get('growth', 0) / MIB:.0f} MiB over "
+                  f"{p.get('rss_before', 0) / MIB:.0f}")
     print("(acts f32 MB: every chosen hook of one model loaded whole, float32; gathered rows: "
           "the rows ProbePair.fit reads per hook from each store, its `needed`, from the same "
           "selection functions: each concept's max_train + max_test cap plus max_train "

@@ -149,7 +149,8 @@ def data_free_table(rows: list[dict[str, Any]], kind: str = "contextual") -> Non
     print("|---:|---|---|---|---:|---:|---|---|---:|")
     for level in sorted({r["level"] for r in free}):
         base = [r for r in free if r["level"] == level]
-        methods = sorted({r["method"] for r in entered if r["level"] == level} - {base[0]["method"]})
+        methods = sorted({r["method"] for r in entered if r["level"] == level}
+                         - {base[0]["method"]})
         for reading, key in READINGS.items():
             name = reading.replace("_", " ")
             ref = {dom: _survival([r for r in base if r["concept_domain"] == dom], key)
