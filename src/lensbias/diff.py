@@ -1,7 +1,8 @@
 """Survival, stage 3: ``run_diff``: from a model pair to a ``SurvivalResult`` and a report.
 
-Stages: (compress) → cache A and B → probes → SAE → geometry → behaviour → report. Caches
-and fitted artefacts live in the output folder, keyed by fingerprints, so a rerun with the
+Stages: (compress) → cache A and B → probes → SAE → geometry → behaviour → report; where a
+core is spare the SAE stage runs in a second thread beside probes, geometry and behaviour
+(``DiffConfig.overlap_sae``, ``lensbias.threads``). Caches and fitted artefacts live in the output folder, keyed by fingerprints, so a rerun with the
 same inputs reuses them.
 """
 
@@ -12,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from lensbias.model_pair import (cache_pair, check_recipe, check_same_tokenizer,
                            compress_on_the_fly, merged_dataset, resolve_model)
 from lensbias.store import CacheConfig
 from lensbias.survival import SCHEMA, SurvivalResult
+from lensbias.threads import Overlapped, spare_core
 
 MARKER = ".lensbias-report"
 
@@ -67,6 +70,11 @@ class DiffConfig:
     probe_batch_bytes: int = 2**30
     """Activation bytes the probes read per group of concepts at a hook
     (``ProbeConfig.batch_bytes``): the probe stage's memory follows it."""
+    overlap_sae: bool | None = None
+    """Train the SAEs in a second thread while probes, geometry and behaviour run (None: when
+    a second stage at torch's intra-op thread count fits on the cores, ``threads.spare_core``;
+    on 2 cores with the CLI's 1 thread, yes). Results are the same either way; a sweep that
+    runs cells side by side turns it off."""
     device: str = "cpu"
     """Torch device for the models (compression, caching, behaviour), the probes, their
     alignment maps and bootstrap replicates (``ProbeConfig.device``), the SAEs
@@ -185,27 +193,48 @@ def _run_diff(a: Any, b: Any, recipe: Recipe | None, data: Any, config: DiffConf
 
     with ActivationStore(path_a) as store_a, ActivationStore(path_b) as store_b:
         key = _key(store_a.fingerprint, store_b.fingerprint, config)
-        stage("probes")
-        probes = _cached(out, "probes", key, lambda: _probes(store_a, store_b, config))
-        tick("probes")
-        saes = {}
+        saes: dict[str, Any] = {}
+        sae_hook = None
+        background: Overlapped[dict[str, Any]] | None = None
         if config.sae:
-            stage("sae")
             probed = [h for h in store_a.hooks if h != "blocks.0.hook_resid_pre"] \
                 or store_a.hooks
-            hook = config.sae_hook or probed[len(probed) // 2]
-            saes[hook] = _cached(out, f"sae-{hook}", key,
-                                 lambda: _sae(store_a, store_b, hook, config, out))
-            tick("sae")
-        stage("geometry")
-        geometry = _cached(out, "geometry", key, lambda: _geometry(store_a, store_b, config))
-        tick("geometry")
-        behaviour = None
-        if a.is_encoder == b.is_encoder:  # causal: losses and bits/byte; encoders: embeddings
-            stage("behaviour")
-            behaviour = _cached(out, "behaviour", key,
-                                lambda: _behaviour(a, b, data, store_a, config))
-            tick("behaviour")
+            sae_hook = config.sae_hook or probed[len(probed) // 2]
+
+            def sae_stage(cancel: threading.Event | None) -> dict[str, Any]:
+                return _cached(out, f"sae-{sae_hook}", key,
+                               lambda: _sae(store_a, store_b, sae_hook, config, out, cancel))
+
+            overlap = config.overlap_sae if config.overlap_sae is not None else spare_core()
+            if overlap:  # beside probes, geometry and behaviour, on the idle core
+                background = Overlapped(sae_stage, "sae")
+        try:
+            stage("probes")
+            probes = _cached(out, "probes", key, lambda: _probes(store_a, store_b, config))
+            tick("probes")
+            if sae_hook is not None and background is None:
+                stage("sae")
+                saes[sae_hook] = sae_stage(None)
+                tick("sae")
+            stage("geometry")
+            geometry = _cached(out, "geometry", key,
+                               lambda: _geometry(store_a, store_b, config))
+            tick("geometry")
+            behaviour = None
+            if a.is_encoder == b.is_encoder:  # causal: losses, bits/byte; encoders: embeddings
+                stage("behaviour")
+                behaviour = _cached(out, "behaviour", key,
+                                    lambda: _behaviour(a, b, data, store_a, config))
+                tick("behaviour")
+            if sae_hook is not None and background is not None:
+                stage("sae")
+                saes[sae_hook] = background.result()
+                timings["sae"] = round(background.seconds, 2)  # its own time, overlapped
+                tick("sae_wait")  # what it added after the other stages had finished
+        except BaseException:
+            if background is not None:
+                background.stop()  # before the caller's undo: no artefact half-written
+            raise
         provenance = _provenance(a, b, compressed, data, config, store_a, timings)
     result = SurvivalResult(provenance, probes, geometry, behaviour, saes)
     stage("report")
@@ -222,7 +251,9 @@ def write_report(result: SurvivalResult, out: Path) -> None:
 
 
 def _key(fp_a: dict, fp_b: dict, config: DiffConfig) -> str:
-    blob = json.dumps([fp_a, fp_b, dataclasses.asdict(config), __version__], sort_keys=True)
+    settings = dataclasses.asdict(config)
+    settings.pop("overlap_sae")  # how the stages are scheduled, not what they compute
+    blob = json.dumps([fp_a, fp_b, settings, __version__], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -265,7 +296,8 @@ def _probes(store_a: Any, store_b: Any, config: DiffConfig) -> dict[str, Any]:
     return ProbePair(cfg).fit(store_a, store_b).to_dict()
 
 
-def _sae(store_a: Any, store_b: Any, hook: str, config: DiffConfig, out: Path) -> dict[str, Any]:
+def _sae(store_a: Any, store_b: Any, hook: str, config: DiffConfig, out: Path,
+         cancel: threading.Event | None = None) -> dict[str, Any]:
     """Survival v2 (docs/survival.md): A's SAE, a second seed on A (stability, the null), an
     SAE on B (information), the label-free map of B onto A (aligned readout), all on the
     same held-out documents; each SAE is saved under ``artefacts/sae-HOOK/{a,a-seed2,b}``."""
@@ -280,9 +312,10 @@ def _sae(store_a: Any, store_b: Any, hook: str, config: DiffConfig, out: Path) -
                     device=config.device)
     folder = out / "artefacts" / f"sae-{hook}"
     shutil.rmtree(folder, ignore_errors=True)
-    sae = train_sae(store_a, hook, cfg, out_dir=folder / "a")
-    sae2 = train_sae(store_a, hook, replace(cfg, seed=cfg.seed + 1), out_dir=folder / "a-seed2")
-    sae_b = train_sae(store_b, hook, cfg, out_dir=folder / "b")
+    sae = train_sae(store_a, hook, cfg, out_dir=folder / "a", cancel=cancel)
+    sae2 = train_sae(store_a, hook, replace(cfg, seed=cfg.seed + 1), out_dir=folder / "a-seed2",
+                     cancel=cancel)
+    sae_b = train_sae(store_b, hook, cfg, out_dir=folder / "b", cancel=cancel)
     held, _ = heldout_rows(store_a, cfg.holdout_fraction, cfg.split_seed)
     align, align_info = fit_alignment(store_a, store_b, hook, ~held, seed=config.seed,
                                       device=config.device)

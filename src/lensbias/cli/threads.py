@@ -8,26 +8,20 @@ So the default is 1 thread on machines with at most 2 cores and torch's own defa
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, TypeVar
 
 import click
+
+from lensbias.threads import cpu_cores
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 SMALL_MACHINE_CORES = 2
 
 
-def cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def default_threads() -> int | None:
     """1 on machines with at most SMALL_MACHINE_CORES cores; None (torch's default) above."""
-    return 1 if cores() <= SMALL_MACHINE_CORES else None
+    return 1 if cpu_cores() <= SMALL_MACHINE_CORES else None
 
 
 def set_threads(threads: int | None) -> None:

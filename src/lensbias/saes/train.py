@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
@@ -33,6 +34,7 @@ from jaxtyping import Bool, Int
 
 from lensbias.errors import LensbiasError
 from lensbias.store.reader import ActivationStore
+from lensbias.threads import Cancelled
 
 INFO_FILE = "lensbias.json"
 ARCHITECTURES = ("topk", "standard")
@@ -204,13 +206,15 @@ class StoreActivations(Iterator[torch.Tensor]):
     def __init__(self, store: ActivationStore, hook: str, batch_size: int, start: int,
                  stop: int, seed: int = 0, chunk_tokens: int = 65_536,
                  shuffle_blocks: int = 4, max_norm: float | None = None,
-                 skip: Bool[np.ndarray, " tokens"] | None = None):
+                 skip: Bool[np.ndarray, " tokens"] | None = None,
+                 cancel: threading.Event | None = None):
         if stop <= start:
             raise LensbiasError(f"no rows to read from {store.path} (rows {start}:{stop})")
         self.store, self.hook, self.batch_size = store, hook, batch_size
         self.start, self.stop = start, stop
         self.chunk, self.pool_blocks, self.max_norm = chunk_tokens, shuffle_blocks, max_norm
         self.skip = skip  # rows never yielded (held-out documents), indexed like the store
+        self.cancel = cancel  # set by another thread: the next batch raises Cancelled
         self.rng = np.random.default_rng(seed)
         self.gen = torch.Generator().manual_seed(seed)
         self.block_starts = np.arange(start, stop, chunk_tokens)
@@ -225,6 +229,8 @@ class StoreActivations(Iterator[torch.Tensor]):
         return self
 
     def __next__(self) -> torch.Tensor:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled(f"training on {self.hook} stopped")
         while not self._ready:
             self._refill()
         return self._ready.pop()
@@ -346,13 +352,16 @@ def trainer_config(config: SAEConfig, n_train_rows: int) -> Any:
 
 
 def train_sae(store: ActivationStore, hook: str, config: SAEConfig = SAEConfig(),
-              out_dir: str | os.PathLike[str] | None = None) -> Any:
+              out_dir: str | os.PathLike[str] | None = None,
+              cancel: threading.Event | None = None) -> Any:
     """Train an SAE on ``hook`` of ``store`` with sae-lens; save it to ``out_dir`` if given.
 
     Returns the trained sae-lens ``TrainingSAE`` (``encode``/``decode`` take raw
     activations: the normalisation factor is folded in). ``out_dir`` receives sae-lens'
     inference files (``save_inference_model``) and ``lensbias.json``: the config, the
     hook, the store's fingerprint, training speed and held-out quality (``sae_quality``).
+    ``cancel`` (set from another thread) stops training at the next batch with
+    ``lensbias.threads.Cancelled``; nothing is saved.
     """
     from lensbias.models.adapter import check_device
 
@@ -372,7 +381,7 @@ def train_sae(store: ActivationStore, hook: str, config: SAEConfig = SAEConfig()
     data = StoreActivations(store, hook, config.batch_size, 0, n_tokens, seed=config.seed,
                             chunk_tokens=config.chunk_tokens,
                             shuffle_blocks=config.shuffle_blocks, max_norm=max_norm,
-                            skip=held_mask if held_mask.any() else None)
+                            skip=held_mask if held_mask.any() else None, cancel=cancel)
     sae = build_training_sae(config, d_in)
     tcfg = trainer_config(config, n_train)
     t0 = time.perf_counter()

@@ -19,17 +19,11 @@ from typing import Any
 
 from lensbias.errors import LensbiasError
 from lensbias.sweep.config import Cell, SweepConfig
+from lensbias.threads import cpu_cores
 
 OnDone = Callable[[Cell, list[dict[str, Any]]], None]
 KEPT_FILES = ("summary.json", "report.html")
 """What a Ray task sends back from its cell folder."""
-
-
-def cpu_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def run_pool(todo: list[Cell], config: SweepConfig, out: Path, jobs: int,
