@@ -267,6 +267,17 @@ def test_token_losses_match_direct_forward(cached, bpe):
     with ActivationStore(path) as store:
         losses = token_losses(lm, dataset, store, batch_size=5)
         assert losses.shape == (store.n_tokens,) and np.isfinite(losses).all()
+        # every row at its own offset: each window run alone, unpadded, in dataset order
+        from lensbias.store.writer import plan_windows
+
+        alone = []
+        for w in plan_windows(lm, dataset, int(store.fingerprint["window"]))[0]:
+            seq = torch.tensor([w.ids])
+            with torch.inference_mode():
+                logits = lm.model(seq, return_type="logits")[0]
+            alone += [F.cross_entropy(logits[p - 1], seq[0, p]).item() if p > 0 else np.nan
+                      for p in w.keep]
+        np.testing.assert_allclose(losses, alone, atol=1e-4)
         tokens = store.tokens()
         window = store.fingerprint["window"]
         for index in (0, 1, 2):  # example 2 is longer than one window

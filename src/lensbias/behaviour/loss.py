@@ -24,7 +24,7 @@ from lensbias.errors import LensbiasError
 from lensbias.models import LoadedModel, adapter
 from lensbias.store import format as fmt
 from lensbias.store.reader import ActivationStore
-from lensbias.store.writer import plan_windows
+from lensbias.store.writer import _pad, length_batches, plan_windows
 
 DOMAIN_LABEL_SET = "domain"
 
@@ -35,7 +35,9 @@ def token_losses(lm: LoadedModel, dataset: ConceptDataset, store: ActivationStor
 
     Uses the cache's own windows (``plan_windows`` with its fingerprint's window): a token
     is predicted from its prefix within its window, the first text token from BOS. A token
-    with nothing before it in its window (a tokenizer without BOS) gets NaN.
+    with nothing before it in its window (a tokenizer without BOS) gets NaN. Windows run in
+    batches of similar length (``length_batches``, as the cache was written: ``batch_size``
+    longest windows' worth of positions), so few positions are padding.
     """
     if lm.is_encoder:
         raise LensbiasError(f"behaviour needs a causal LM; {lm.name} is an encoder")
@@ -48,14 +50,13 @@ def token_losses(lm: LoadedModel, dataset: ConceptDataset, store: ActivationStor
                             f"cached in {store.path}; behaviour needs the same tokenizer")
     device = next(lm.model.parameters()).device
     out = np.full(len(ids), np.nan, np.float64)
-    row = 0
-    for start in range(0, len(windows), batch_size):
-        batch = windows[start:start + batch_size]
-        width = max(len(w.ids) for w in batch)
-        tokens = torch.full((len(batch), width), batch[0].ids[0], dtype=torch.long)
-        for b, w in enumerate(batch):
-            tokens[b, :len(w.ids)] = torch.tensor(w.ids)  # right padding: causal, harmless
+    starts = np.cumsum([0] + [len(w.keep) for w in windows])  # each window's first row
+    longest = max((len(w.ids) for w in windows), default=1)
+    for group in length_batches(windows, batch_size * longest):  # similar lengths: little
+        batch = [windows[i] for i in group]  # padding; right padding is harmless (causal)
+        tokens = _pad(batch, batch[0].ids[0])[0]
         rows = [(b, p) for b, w in enumerate(batch) for p in w.keep]
+        at = np.concatenate([starts[i] + np.arange(len(windows[i].keep)) for i in group])
         scored = [i for i, (_, p) in enumerate(rows) if p > 0]
         if scored:
             logits = adapter.logits(lm.model, tokens.to(device))
@@ -63,8 +64,7 @@ def token_losses(lm: LoadedModel, dataset: ConceptDataset, store: ActivationStor
             index_p = torch.tensor([rows[i][1] for i in scored])
             nats = F.cross_entropy(logits[index_b, index_p - 1].float().cpu(),
                                    tokens[index_b, index_p], reduction="none")
-            out[row + np.asarray(scored)] = nats.double().numpy()
-        row += len(rows)
+            out[at[scored]] = nats.double().numpy()  # rows at their own offsets
     return out
 
 
