@@ -8,7 +8,8 @@ recomputed when it is missing or from other cells), so every number is the packa
 Tables: who enters (floors and kinds), the interaction per reading with its three
 intervals, the per-corpus survivals behind it, the data-free control (a calibrated
 method's survival against magnitude pruning's at the same level), behaviour per
-calibration domain, and anisotropy at a fixed level.
+calibration domain, and anisotropy at a fixed level; per model where a folder holds
+several (the training-data view, with its own table first).
 """
 
 from __future__ import annotations
@@ -217,23 +218,53 @@ def anisotropy_table(result: dict[str, Any]) -> None:
               f"{r['n_cells']} |")
 
 
+def model_view_table(result: dict[str, Any]) -> None:
+    """The training-data view (``analysis.model_view``): per original model and concept
+    domain, bits/byte, gains over majority and floors, and each reading's survival of its
+    contextual concepts per method and level."""
+    print("| model | concepts | bits/byte A | acc A − majority | acc A − floor (95%) | contextual "
+          "| method | level | information (95%) | A's readout (95%) | aligned readout (95%) |")
+    print("|---|---|---:|---:|---|---:|---|---:|---|---|---|")
+    for r in result["model_view"]["rows"]:
+        head = (f"| {r['model']} | {r['domain']} | {_f(r.get('bpb_a'))} | {_s(r.get('gain'))} | "
+                f"{_s(r.get('context_gain'))} {_ci(r.get('context_gain_ci'))} | "
+                f"{r.get('n_contextual', '–')}/{r.get('n_concepts')} |")
+        for m in r.get("readings") or [{}]:
+            reads = " | ".join(
+                f"{_f((m.get(k) or {}).get('value'))} {_ci((m.get(k) or {}).get('ci'))}"
+                if m else "–" for k in READINGS)
+            print(f"{head} {m.get('method', '–')} | {m.get('level', '–')} | {reads} |")
+
+
 def main(argv: list[str]) -> None:
     for folder in argv:
-        rows, result = load(folder)
-        seconds = {r["cell_id"]: r.get("cell_seconds") or 0.0 for r in rows}
+        all_rows, result = load(folder)
+        seconds = {r["cell_id"]: r.get("cell_seconds") or 0.0 for r in all_rows}
         print(f"# {folder}: {result['n_cells']} cells, {result['n_rows']} rows; "
               f"sum of cell seconds {sum(seconds.values()) / 60:.1f} min\n")
-        print("## Concepts, floors and kinds\n")
-        kinds_table(rows)
-        for kind in ("contextual", "token identity"):
-            print(f"\n## Interaction, {kind} concepts\n")
-            inversion_table(result, kind)
-        print("\n## Survival per calibration corpus (contextual concepts)\n")
-        corpus_table(rows)
-        print("\n## The data-free control: calibrated methods against magnitude pruning\n")
-        data_free_table(rows)
-        print("\n## Behaviour\n")
-        behaviour_table(rows)
+        models = sorted({str(r["model"]) for r in all_rows})
+        if len(models) > 1:
+            print("## The original models (training-data view)\n")
+            model_view_table(result)
+            print()
+        for model in models:
+            rows = [r for r in all_rows if str(r["model"]) == model]
+            mine = {**result, "inversion": {**result["inversion"], "rows": [
+                r for r in result["inversion"]["rows"] if r["model"] == model]}}
+            if len(models) > 1:
+                print(f"# Model {model}\n")
+            print("## Concepts, floors and kinds\n")
+            kinds_table(rows)
+            for kind in ("contextual", "token identity"):
+                print(f"\n## Interaction, {kind} concepts\n")
+                inversion_table(mine, kind)
+            print("\n## Survival per calibration corpus (contextual concepts)\n")
+            corpus_table(rows)
+            print("\n## The data-free control: calibrated methods against magnitude pruning\n")
+            data_free_table(rows)
+            print("\n## Behaviour\n")
+            behaviour_table(rows)
+            print()
         print("\n## Anisotropy at a fixed level\n")
         anisotropy_table(result)
         print()

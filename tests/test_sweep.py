@@ -445,6 +445,38 @@ def test_model_view_separates_models():
     assert view["code-model", "code"]["n_concepts"] == 2 and view["code-model", "code"]["n_seeds"] == 2
 
 
+def test_model_view_readings_are_ratios_of_sums_over_contextual_concepts():
+    """Two contextual code concepts (gain over the floor 0.3 and 0.1 in both seeds) and one
+    token-identity one: each reading is Σ (x − floor) / Σ (acc_A − floor) over the two
+    contextual ones, known by hand; the token-identity concept stays out."""
+    rows = []
+    for seed in (0, 1):
+        for concept, gain, kind in (("c1", 0.3, "contextual"), ("c2", 0.1, "contextual"),
+                                    ("c3", 0.0, "token identity")):
+            acc_a, floor = 0.4 + gain, 0.4
+            rows.append({"cell_id": f"m-{seed}", "model": "m", "seed": seed, "concept": concept,
+                         "concept_domain": "code", "hook": "h", "method": "wanda",
+                         "level": 0.5, "calib": "corpus:x", "calib_domain": "code",
+                         "acc_a": acc_a, "majority": 0.2, "floor": floor, "kind": kind,
+                         "baseline": floor if kind == "contextual" else 0.2,
+                         "context_gain": gain + (0.001 if seed else -0.001) * (gain > 0),
+                         # B keeps half of c1's gain, all of c2's; retrained all, aligned 3/4
+                         "transfer": floor + (gain / 2 if concept == "c1" else gain),
+                         "retrained": acc_a, "aligned_transfer": floor + 0.75 * gain,
+                         "information": 1.0, "readout": 0.5, "aligned_readout": 0.75,
+                         "survival": 0.5})
+    view = analyse(rows, n_boot=200)["model_view"]["rows"]
+    assert len(view) == 1 and view[0]["n_contextual"] == 2
+    (reads,) = view[0]["readings"]
+    assert reads["n_concepts"] == 2 and reads["n_seeds"] == 2 and reads["n_rows"] == 4
+    assert reads["information"]["value"] == pytest.approx(1.0)
+    assert reads["readout"]["value"] == pytest.approx((0.15 + 0.1) / 0.4)
+    assert reads["aligned_readout"]["value"] == pytest.approx(0.75)
+    lo, hi = reads["readout"]["ci"]  # resampling concepts: between c1 alone and c2 alone
+    assert 0.5 - 1e-9 <= lo <= reads["readout"]["value"] <= hi <= 1.0 + 1e-9
+    assert reads["information"]["ci"] == pytest.approx([1.0, 1.0])
+
+
 # --- analysis ---------------------------------------------------------------------------
 
 def hand_rows():

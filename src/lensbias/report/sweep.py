@@ -280,11 +280,26 @@ def _models(view: dict[str, Any]) -> str:
         f"<tr><td>{esc(r.get('model'))}</td><td>{esc(r.get('domain'))}</td>"
         f"<td>{fmt(r.get('bpb_a'))}</td><td>{fmt(r.get('acc_a'))}</td>"
         f"<td>{fmt(r.get('gain'))}</td><td class='ci'>{fmt_ci(r.get('gain_ci'))}</td>"
+        f"<td>{fmt(r.get('context_gain'))}</td>"
+        f"<td class='ci'>{fmt_ci(r.get('context_gain_ci'))}</td>"
+        f"<td>{esc(r.get('n_contextual', '–'))}/{esc(r.get('n_concepts'))}</td>"
         f"<td>{fmt(r.get('survival'))}</td><td class='ci'>{fmt_ci(r.get('survival_ci'))}</td>"
         f"</tr>" for r in rows]
     table = sortable_table("model-table", [
         "model", "domain", "bits/byte A", "probe acc A", "acc − majority", "CI",
-        "survival", "CI"], body)
+        "acc − floor", "CI", "contextual / concepts", "survival (v1)", "CI"], body)
+    reads = [(r, m) for r in rows for m in r.get("readings") or []]
+    read_body = [
+        f"<tr><td>{esc(r.get('model'))}</td><td>{esc(r.get('domain'))}</td>"
+        f"<td>{esc(m.get('method'))}</td><td>{fmt(m.get('level'))}</td>"
+        f"<td>{esc(m.get('n_concepts'))}</td>"
+        + "".join(f"<td>{fmt((m.get(k) or {}).get('value'))}</td>"
+                  f"<td class='ci'>{fmt_ci((m.get(k) or {}).get('ci'))}</td>"
+                  for k in ("information", "readout", "aligned_readout"))
+        + "</tr>" for r, m in reads]
+    read_table = sortable_table("model-readings-table", [
+        "model", "domain", "method", "level", "contextual concepts", "information", "CI",
+        "A's readout", "CI", "aligned readout", "CI"], read_body) if reads else ""
     bars = [(str(r.get("model")), r.get("gain"), r.get("gain_ci")) for r in rows]
     chart = bar_chart("Probe accuracy above majority, per model and domain, 95% interval",
                       bars, width=_bar_width(len(bars), 110),
@@ -292,8 +307,16 @@ def _models(view: dict[str, Any]) -> str:
                       y_label="accuracy − majority", x_label="model")
     return (f"<section id='models'><h2>Original models: training data</h2><p>Each original "
             f"model's bits per byte on held-out text of a domain (lower: compresses it "
-            f"better) beside its probe accuracy on that domain's concepts.</p>{chart}{table}"
-            f"</section>")
+            f"better) beside its probe accuracy on that domain's concepts, above the majority "
+            f"class and above the best floor (token identity, context-free embedding). "
+            f"Survival (v1) is each row's own ratio, over every concept.</p>{chart}{table}"
+            + (f"<p>Survival v2 of each model's <em>contextual</em> concepts (acc A above "
+               f"its floors over seeds), per reading: information (a probe retrained on B), "
+               f"A's readout (A's probe on B), the readout after a label-free re-alignment; "
+               f"Σ (accuracy − baseline) / Σ (acc A − baseline), the baseline each row's floor "
+               f"(majority where a seed's own test found no context), 95% bootstrap over "
+               f"seeds and concepts.</p>{read_table}" if read_table else "")
+            + "</section>")
 
 
 def _heat(v: Any, signed: bool) -> str:

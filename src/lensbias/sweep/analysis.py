@@ -14,8 +14,9 @@
   survival).
 - ``model_view``: the training-data view of the original models: per model and domain, its
   bits per byte on held-out text (the compression rate it reached in training) beside its
-  probe accuracy above the majority baseline and the survival of its concepts, each with a
-  bootstrap interval over seeds and concepts.
+  probe accuracy above the majority baseline and above its floors, and the survival of its
+  contextual concepts on each reading, each with a bootstrap interval over seeds and
+  concepts.
 
 Rows are ``read_results`` rows; rows without a survival (A barely beats the baseline) are
 left out of every mean.
@@ -34,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from lensbias.sweep.config import MORE_IS_LESS
-from lensbias.sweep.stats import method_label, row_calib_domain
+from lensbias.sweep.stats import (READINGS, entering, method_label, row_calib_domain,
+                                  study_kinds)
 
 THRESHOLD = 0.5
 DOMAINS = ("code", "prose")
@@ -246,11 +248,19 @@ def model_view(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0,
 
     ``gain`` is A's probe accuracy minus the majority baseline, averaged over concepts and
     hooks (each concept × hook counted once per seed: A does not depend on the compression);
-    ``survival`` is the mean over every row with one. Intervals: percentile bootstrap
-    resampling seeds and, within them, concepts. Returns ``{"rows": [{model, domain,
-    bpb_a, gain, gain_ci, acc_a, survival, survival_ci, n_concepts, n_seeds}]}``.
+    ``survival`` is the mean over every row with one (the first study's reading). Survival
+    v2: ``context_gain`` is acc_A minus its best floor, and ``readings`` gives, per method
+    and level, each reading's survival (``sweep.stats.READINGS``) of the model's
+    contextual concepts (``stats.study_kinds``; the rows ``stats.entering`` lets into the
+    study) as a ratio of sums, Σ (x − baseline) / Σ (acc_A − baseline), as the study's
+    interaction computes it. Intervals: percentile bootstrap resampling seeds and, within
+    them, concepts. Returns ``{"rows": [{model, domain, bpb_a, gain, gain_ci, acc_a,
+    survival, survival_ci, context_gain, context_gain_ci, n_contextual, readings: [{method,
+    level, n_rows, n_concepts, n_seeds, READING: {value, ci}}], n_concepts, n_seeds}]}``.
     """
     rng = np.random.default_rng(seed)
+    kinds = study_kinds(rows)
+    contextual = entering(rows, "contextual", kinds)
     out = []
     for model in sorted({str(r.get("model")) for r in rows}):
         mine = [r for r in rows if str(r.get("model")) == model]
@@ -267,7 +277,17 @@ def model_view(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0,
                                for k, r in a_rows.items()], n_boot, rng, confidence)
             surv = _boot_mean([(r.get("seed"), r["concept"], float(r["survival"]))
                                for r in _rows_with_survival(sub)], n_boot, rng, confidence)
+            ctx = _boot_mean([(k[0], k[1], float(r["context_gain"]))
+                              for k, r in a_rows.items() if _ok(r.get("context_gain"))],
+                             n_boot, rng, confidence)
             out.append({"model": model, "domain": dom,
+                        "context_gain": ctx[0], "context_gain_ci": ctx[1],
+                        "n_contextual": len({c for (m, _h, c), v in kinds.items()
+                                             if m == model and v["kind"] == "contextual"
+                                             and c in {k[1] for k in a_rows}}),
+                        "readings": _model_readings(
+                            [r for r in contextual if str(r.get("model")) == model
+                             and r.get("concept_domain") == dom], n_boot, rng, confidence),
                         "bpb_a": float(np.mean(bpb)) if bpb else None,
                         "acc_a": float(np.mean([r["acc_a"] for r in a_rows.values()]))
                         if a_rows else None,
@@ -276,6 +296,54 @@ def model_view(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0,
                         "n_concepts": len({k[1] for k in a_rows}),
                         "n_seeds": len({k[0] for k in a_rows})})
     return {"rows": out}
+
+
+def _model_readings(rows: list[dict[str, Any]], n_boot: int, rng: np.random.Generator,
+                    confidence: float) -> list[dict[str, Any]]:
+    """Per (method, level): each reading's ratio-of-sums survival with its interval."""
+    groups: dict[tuple[str, Any], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[(method_label(r), r["level"])].append(r)
+    out = []
+    for (method, level), group in sorted(groups.items(), key=lambda kv: _gkey(kv[0])):
+        entry: dict[str, Any] = {"method": method, "level": level, "n_rows": len(group),
+                                 "n_concepts": len({r["concept"] for r in group}),
+                                 "n_seeds": len({r.get("seed") for r in group})}
+        den = [(r.get("seed"), r["concept"], float(r["acc_a"]) - float(r["baseline"]))
+               for r in group]
+        for reading, field in READINGS.items():
+            num = [float(r[field]) - float(r["baseline"]) for r in group]
+            value, ci = _boot_ratio(den, num, n_boot, rng, confidence)
+            entry[reading] = {"value": value, "ci": ci}
+        out.append(entry)
+    return out
+
+
+def _boot_ratio(den: list[tuple[Any, str, float]], num: list[float], n_boot: int,
+                rng: np.random.Generator, confidence: float
+                ) -> tuple[float | None, list[float] | None]:
+    """Σ num / Σ den over (seed, concept, den) items, with a bootstrap CI over seeds, then
+    concepts (the replicate weights ``_boot_mean`` draws)."""
+    if not den:
+        return None, None
+    seeds = sorted({i[0] for i in den}, key=str)
+    concepts = sorted({i[1] for i in den})
+    sx = np.array([seeds.index(i[0]) for i in den])
+    cx = np.array([concepts.index(i[1]) for i in den])
+    d = np.array([i[2] for i in den], float)
+    n = np.array(num, float)
+    point = float(n.sum() / d.sum()) if d.sum() > 0 else None
+    if point is None or n_boot <= 0 or len(den) < 2:
+        return point, None
+    w = _draw_counts(rng, len(seeds), n_boot)[:, sx] * _draw_counts(rng, len(concepts),
+                                                                    n_boot)[:, cx]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        reps = (w @ n) / (w @ d)
+    reps = reps[np.isfinite(reps) & ((w @ d) > 0)]
+    if not len(reps):
+        return point, None
+    tail = (1 - confidence) / 2 * 100
+    return point, [float(np.percentile(reps, tail)), float(np.percentile(reps, 100 - tail))]
 
 
 def _boot_mean(items: list[tuple[Any, str, float]], n_boot: int, rng: np.random.Generator,
