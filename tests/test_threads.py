@@ -27,8 +27,19 @@ def test_error_is_raised_by_result():
         raise ValueError("inside")
 
     job = Overlapped(fail, "t")
+    job._thread.join()
+    with pytest.raises(ValueError, match="inside"):
+        job.check()  # already failed: raised before anyone waits
     with pytest.raises(ValueError, match="inside"):
         job.result()
+
+
+def test_check_is_silent_while_running():
+    release = threading.Event()
+    job = Overlapped(lambda cancel: release.wait(10), "t")
+    job.check()
+    release.set()
+    assert job.result() is True
 
 
 def test_stop_sets_cancel_and_joins():

@@ -212,6 +212,8 @@ def _run_diff(a: Any, b: Any, recipe: Recipe | None, data: Any, config: DiffConf
             stage("probes")
             probes = _cached(out, "probes", key, lambda: _probes(store_a, store_b, config))
             tick("probes")
+            if background is not None:
+                background.check()  # a failed SAE stage fails the run now, not at the end
             if sae_hook is not None and background is None:
                 stage("sae")
                 saes[sae_hook] = sae_stage(None)

@@ -45,8 +45,8 @@ class Cancelled(Exception):
 class Overlapped(Generic[T]):
     """``fn(cancel)`` started now in a daemon thread with the caller's torch thread count.
 
-    ``result()`` waits for it and returns its value (or raises its exception); ``stop()``
-    sets ``cancel`` and waits for the thread to notice. ``seconds`` is the stage's own
+    ``result()`` waits for it and returns its value (or raises its exception); ``check()``
+    raises that exception early, once the thread has failed; ``stop()`` sets ``cancel`` and waits for the thread to notice. ``seconds`` is the stage's own
     running time; ``waited`` how long ``result()`` blocked the caller.
     """
 
@@ -80,6 +80,11 @@ class Overlapped(Generic[T]):
         if self._error is not None:
             raise self._error
         return self._value  # type: ignore[return-value]
+
+    def check(self) -> None:
+        """Raise the stage's error now if it has already failed (else do nothing)."""
+        if not self._thread.is_alive() and self._error is not None:
+            raise self._error
 
     def stop(self, timeout: float = 120.0) -> None:
         """Tell the stage to stop and wait (up to ``timeout`` seconds) until it has."""
