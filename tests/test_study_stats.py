@@ -64,6 +64,16 @@ def test_planted_interaction_is_recovered_by_all_three_intervals():
     assert "wanda" in inversion_table(res)
 
 
+def test_inversion_table_prints_a_mixed_model_without_an_interval():
+    """A fit whose Hessian is not positive definite has an estimate and no interval (the
+    JSON-ready result holds None bounds): the table prints '–', it does not fail."""
+    res = inversion(synth(effect=0.1), n_boot=200, max_boot=200, n_rng=2,
+                    readings=("readout",))
+    res["rows"][0]["mixed"].update(ci=[None, None], p=None, p_holm=None)
+    line = next(x for x in inversion_table(res).splitlines() if x.startswith("readout"))
+    assert line.split()[-2:] == ["–", "–"]
+
+
 def test_null_interaction_is_not_claimed():
     res = inversion(synth(effect=0.0, seed=3), n_boot=500, max_boot=2000, n_rng=3,
                     readings=("readout",))

@@ -445,8 +445,8 @@ def inversion_table(result: dict[str, Any]) -> str:
         return ("No interaction: it needs calibration corpora of both domains and powered "
                 "concepts of both domains at some method and level.")
 
-    def ci(x: Any) -> str:
-        return "–" if not x else f"[{x[0]:+.3f}, {x[1]:+.3f}]"
+    def ci(x: Any) -> str:  # a bound is None where it was not finite (a singular Hessian)
+        return "–" if not x or x[0] is None or x[1] is None else f"[{x[0]:+.3f}, {x[1]:+.3f}]"
 
     lines = []
     head = (f"{'reading':<16} {'method':<12} {'level':>6} {'I':>7}  {'seed t':<17} "
