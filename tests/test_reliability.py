@@ -727,8 +727,8 @@ def test_sae_training_and_survival_are_deterministic(pair_stores, tmp_path):
 
 
 def test_run_diff_twice_gives_the_same_summary(model_dir, data_files, tmp_path):
-    """Twice, once with the SAE stage in a second thread beside the others and once after
-    them: the same summary (the threads' interleaving decides nothing)."""
+    """Twice, once with SAE, geometry and behaviour in a second thread beside the probes
+    and once after them: the same summary (the threads' interleaving decides nothing)."""
     from lensbias.diff import DiffConfig, run_diff
 
     config = DiffConfig(datasets=(str(data_files[0]),), concepts=("kind",), hooks=(HOOKS[1],),
@@ -736,47 +736,50 @@ def test_run_diff_twice_gives_the_same_summary(model_dir, data_files, tmp_path):
     outs = [tmp_path / "one", tmp_path / "two"]
     for out, overlap in zip(outs, (True, False)):
         run_diff(str(model_dir), None, Recipe("magnitude", {"sparsity": 0.5}),
-                 dataclasses.replace(config, overlap_sae=overlap), out)
+                 dataclasses.replace(config, overlap=overlap), out)
     first, second = (json.loads((out / "summary.json").read_text()) for out in outs)
     for section in ("probes", "geometry", "behaviour", "headline"):
         assert as_json(first[section]) == as_json(second[section]), section
     # the SAE summary names its caches' paths, which differ by output folder; nothing else
     assert (as_json(first["saes"]).replace(str(outs[0]), "OUT")
             == as_json(second["saes"]).replace(str(outs[1]), "OUT"))
-    assert "sae_wait" in first["provenance"]["timings_seconds"]
-    assert "sae_wait" not in second["provenance"]["timings_seconds"]
+    assert "wait" in first["provenance"]["timings_seconds"]
+    assert "wait" not in second["provenance"]["timings_seconds"]
+    for provenance in (first["provenance"], second["provenance"]):
+        assert {"probes", "sae", "geometry", "behaviour"} <= set(provenance["timings_seconds"])
     for provenance in (first["provenance"], second["provenance"]):
         provenance.pop("timings_seconds")
         provenance.pop("created")
-        provenance["config"].pop("overlap_sae")
+        provenance["config"].pop("overlap")
     assert as_json(first["provenance"]) == as_json(second["provenance"])
 
 
-def test_overlapped_sae_stage_stops_when_another_stage_fails(model_dir, data_files, tmp_path,
-                                                            monkeypatch):
-    """The main thread fails while the SAE trains beside it (for ~10^8 tokens: hours): the
-    run raises the main thread's error at once, the SAE thread has stopped before run_diff
-    returns, and no SAE result was written."""
+def test_overlapped_stages_stop_when_the_probes_fail(model_dir, data_files, tmp_path,
+                                                    monkeypatch):
+    """The probes fail while the SAE trains beside them (for ~10^8 tokens: hours): the run
+    raises the probes' error at once, the second thread has stopped before run_diff
+    returns, and no SAE, geometry or behaviour result was written."""
     import threading
 
     from lensbias import diff
 
     def broken(*_args):
-        raise LensbiasError("geometry failed")
+        time.sleep(1.0)  # let the SAE start training
+        raise LensbiasError("probes failed")
 
-    monkeypatch.setattr(diff, "_geometry", broken)
+    monkeypatch.setattr(diff, "_probes", broken)
     config = diff.DiffConfig(datasets=(str(data_files[0]),), concepts=("kind",),
                              hooks=(HOOKS[1],), sae_expansion=2, sae_k=4, sae_tokens=10**8,
-                             n_bootstrap=10, overlap_sae=True)
+                             n_bootstrap=10, overlap=True)
     out = tmp_path / "out"
-    with pytest.raises(LensbiasError, match="geometry failed"):
+    with pytest.raises(LensbiasError, match="probes failed"):
         diff.run_diff(str(model_dir), None, Recipe("magnitude", {"sparsity": 0.5}), config, out)
-    assert not [t for t in threading.enumerate() if t.name.startswith("lensbias-sae")]
-    assert (out / "artefacts" / "probes.json").exists()  # finished work is kept
-    assert not list((out / "artefacts").glob("sae-*.json"))
+    assert not [t for t in threading.enumerate() if t.name.startswith("lensbias-")]
+    assert (out / "cache").is_dir()  # finished work is kept
+    assert not [p.name for p in (out / "artefacts").glob("*.json")]
 
 
-def test_overlapped_sae_stage_error_reaches_the_caller(model_dir, data_files, tmp_path,
+def test_overlapped_stage_error_reaches_the_caller(model_dir, data_files, tmp_path,
                                                       monkeypatch):
     from lensbias import diff
 
@@ -785,7 +788,7 @@ def test_overlapped_sae_stage_error_reaches_the_caller(model_dir, data_files, tm
 
     monkeypatch.setattr(diff, "_sae", broken)
     config = diff.DiffConfig(datasets=(str(data_files[0]),), concepts=("kind",),
-                             hooks=(HOOKS[1],), n_bootstrap=10, overlap_sae=True)
+                             hooks=(HOOKS[1],), n_bootstrap=10, overlap=True)
     with pytest.raises(LensbiasError, match="sae failed"):
         diff.run_diff(str(model_dir), None, Recipe("magnitude", {"sparsity": 0.5}), config,
                       tmp_path / "out")

@@ -1,8 +1,8 @@
 """Survival, stage 3: ``run_diff``: from a model pair to a ``SurvivalResult`` and a report.
 
 Stages: (compress) → cache A and B → probes → SAE → geometry → behaviour → report; where a
-core is spare the SAE stage runs in a second thread beside probes, geometry and behaviour
-(``DiffConfig.overlap_sae``, ``lensbias.threads``). Caches and fitted artefacts live in the output folder, keyed by fingerprints, so a rerun with the
+core is spare, SAE, geometry and behaviour run in a second thread beside the probes
+(``DiffConfig.overlap``, ``lensbias.threads``). Caches and fitted artefacts live in the output folder, keyed by fingerprints, so a rerun with the
 same inputs reuses them.
 """
 
@@ -28,7 +28,7 @@ from lensbias.model_pair import (cache_pair, check_recipe, check_same_tokenizer,
                            compress_on_the_fly, merged_dataset, resolve_model)
 from lensbias.store import CacheConfig
 from lensbias.survival import SCHEMA, SurvivalResult
-from lensbias.threads import Overlapped, spare_core
+from lensbias.threads import Cancelled, Overlapped, spare_core
 
 MARKER = ".lensbias-report"
 
@@ -70,11 +70,11 @@ class DiffConfig:
     probe_batch_bytes: int = 2**30
     """Activation bytes the probes read per group of concepts at a hook
     (``ProbeConfig.batch_bytes``): the probe stage's memory follows it."""
-    overlap_sae: bool | None = None
-    """Train the SAEs in a second thread while probes, geometry and behaviour run (None: when
-    a second stage at torch's intra-op thread count fits on the cores, ``threads.spare_core``;
-    on 2 cores with the CLI's 1 thread, yes). Results are the same either way; a sweep that
-    runs cells side by side turns it off."""
+    overlap: bool | None = None
+    """Run the stages after the probes (SAE, geometry, behaviour) in a second thread while
+    the probes run (None: when a second stage at torch's intra-op thread count fits on the
+    cores, ``threads.spare_core``; on 2 cores with the CLI's 1 thread, yes). Results are the
+    same either way; a sweep that runs cells side by side turns it off."""
     device: str = "cpu"
     """Torch device for the models (compression, caching, behaviour), the probes, their
     alignment maps and bootstrap replicates (``ProbeConfig.device``), the SAEs
@@ -193,55 +193,72 @@ def _run_diff(a: Any, b: Any, recipe: Recipe | None, data: Any, config: DiffConf
 
     with ActivationStore(path_a) as store_a, ActivationStore(path_b) as store_b:
         key = _key(store_a.fingerprint, store_b.fingerprint, config)
-        saes: dict[str, Any] = {}
         sae_hook = None
-        background: Overlapped[dict[str, Any]] | None = None
         if config.sae:
             probed = [h for h in store_a.hooks if h != "blocks.0.hook_resid_pre"] \
                 or store_a.hooks
             sae_hook = config.sae_hook or probed[len(probed) // 2]
 
-            def sae_stage(cancel: threading.Event | None) -> dict[str, Any]:
-                return _cached(out, f"sae-{sae_hook}", key,
-                               lambda: _sae(store_a, store_b, sae_hook, config, out, cancel))
+        def rest(cancel: threading.Event | None, stage: Callable[[str], None]) -> _Rest:
+            """The stages after the probes: SAE, geometry, behaviour (each timed)."""
+            done = _Rest()
 
-            overlap = config.overlap_sae if config.overlap_sae is not None else spare_core()
-            if overlap:  # beside probes, geometry and behaviour, on the idle core
-                background = Overlapped(sae_stage, "sae")
+            def run(name: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled(f"{name} not started")
+                stage(name)
+                begin = time.perf_counter()
+                result = _cached(out, name if name != "sae" else f"sae-{sae_hook}", key,
+                                 compute)
+                done.seconds[name] = round(time.perf_counter() - begin, 2)
+                return result
+
+            if sae_hook is not None:
+                done.saes[sae_hook] = run("sae", lambda: _sae(store_a, store_b, sae_hook,
+                                                              config, out, cancel))
+            done.geometry = run("geometry", lambda: _geometry(store_a, store_b, config))
+            if a.is_encoder == b.is_encoder:  # causal: losses, bits/byte; encoders: embeddings
+                done.behaviour = run("behaviour",
+                                     lambda: _behaviour(a, b, data, store_a, config))
+            return done
+
+        overlap = config.overlap if config.overlap is not None else spare_core()
+        background = Overlapped(lambda cancel: rest(cancel, lambda name: None),
+                                "stages") if overlap else None
         try:
             stage("probes")
             probes = _cached(out, "probes", key, lambda: _probes(store_a, store_b, config))
             tick("probes")
-            if background is not None:
-                background.check()  # a failed SAE stage fails the run now, not at the end
-            if sae_hook is not None and background is None:
-                stage("sae")
-                saes[sae_hook] = sae_stage(None)
-                tick("sae")
-            stage("geometry")
-            geometry = _cached(out, "geometry", key,
-                               lambda: _geometry(store_a, store_b, config))
-            tick("geometry")
-            behaviour = None
-            if a.is_encoder == b.is_encoder:  # causal: losses, bits/byte; encoders: embeddings
-                stage("behaviour")
-                behaviour = _cached(out, "behaviour", key,
-                                    lambda: _behaviour(a, b, data, store_a, config))
-                tick("behaviour")
-            if sae_hook is not None and background is not None:
-                stage("sae")
-                saes[sae_hook] = background.result()
-                timings["sae"] = round(background.seconds, 2)  # its own time, overlapped
-                tick("sae_wait")  # what it added after the other stages had finished
+            if background is None:
+                after = rest(None, stage)
+                timings.update(after.seconds)
+            else:
+                background.check()  # a stage that failed already fails the run now
+                stage("sae" if sae_hook is not None else "geometry")
+                after = background.result()
+                timings.update(after.seconds)  # their own times, beside the probes
+                tick("wait")  # what they added after the probes had finished
+            clock = time.perf_counter()
         except BaseException:
             if background is not None:
                 background.stop()  # before the caller's undo: no artefact half-written
             raise
+        saes, geometry, behaviour = after.saes, after.geometry, after.behaviour
         provenance = _provenance(a, b, compressed, data, config, store_a, timings)
     result = SurvivalResult(provenance, probes, geometry, behaviour, saes)
     stage("report")
     write_report(result, out)
     return result
+
+
+@dataclass
+class _Rest:
+    """What the stages after the probes produced, and their own times in seconds."""
+
+    saes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    geometry: dict[str, Any] | None = None
+    behaviour: dict[str, Any] | None = None
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def write_report(result: SurvivalResult, out: Path) -> None:
@@ -254,7 +271,7 @@ def write_report(result: SurvivalResult, out: Path) -> None:
 
 def _key(fp_a: dict, fp_b: dict, config: DiffConfig) -> str:
     settings = dataclasses.asdict(config)
-    settings.pop("overlap_sae")  # how the stages are scheduled, not what they compute
+    settings.pop("overlap")  # how the stages are scheduled, not what they compute
     blob = json.dumps([fp_a, fp_b, settings, __version__], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -87,7 +87,7 @@ def diff(original: str, compressed: str | None, compress_spec: str | None, calib
             bars.append(tqdm(total=len(STAGES), desc="diff", unit="stage", disable=quiet,
                              leave=False))
         bar = bars[0]
-        bar.n = max(bar.n, STAGES.index(name))  # an overlapped SAE stage is joined last
+        bar.n = max(bar.n, STAGES.index(name))  # overlapped stages are joined after the probes
         bar.set_description(f"diff: {name}")
         bar.refresh()
 

@@ -38,7 +38,7 @@ def run_cell(cell: Cell, config: SweepConfig, out_dir: str | os.PathLike[str]
                              hooks=config.hooks, sae=config.sae, seed=cell.seed,
                              n_bootstrap=config.n_bootstrap, probe_control=config.control,
                              probe_ceiling=config.ceiling, device=config.device,
-                             overlap_sae=False)  # cells already share the cores
+                             overlap=False)  # cells already share the cores
     folder = Path(out_dir) / "cells" / cell.id
     result = run_diff(cell.model, None, recipe, diff_config, folder, force=True)
     return cell_rows(cell, result.to_dict(), round(time.perf_counter() - start, 2))
