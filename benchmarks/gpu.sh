@@ -77,7 +77,11 @@ timings = summary["provenance"]["timings_seconds"]
 print(f"{'stage':<16} {'seconds':>8}")
 for stage, seconds in timings.items():
     print(f"{stage:<16} {seconds:>8.2f}")
-print(f"{'total':<16} {sum(timings.values()):>8.2f}")
+if "wait" in timings:  # SAE, geometry, behaviour ran beside the probes (DiffConfig.overlap)
+    serial = ("load+compress", "cache", "probes", "wait")
+    print(f"{'total (overlapped)':<16} {sum(timings.get(k, 0.0) for k in serial):>8.2f}")
+else:
+    print(f"{'total':<16} {sum(timings.values()):>8.2f}")
 print("device recorded:", summary["provenance"]["config"]["device"])
 print("headline:", (summary.get("headline") or {}).get("sentence", ""))
 EOF
