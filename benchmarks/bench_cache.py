@@ -158,7 +158,7 @@ def _inputs(lm, dataset, window: int):
     makes them, pool by pool); and the stored tokens packed into full rows of ``window``,
     16 rows per pass."""
     from lensbias.store import writer
-    from lensbias.store.writer import _batches, _pad, _pools, iter_windows, length_batches
+    from lensbias.store.writer import _batches, _pools, iter_windows, length_batches, pad_windows
 
     budget = 16 * window
     hooks = tuple(writer.adapter.default_hooks(lm.model))
@@ -167,9 +167,9 @@ def _inputs(lm, dataset, window: int):
     for chunk in _pools(iter_windows(lm, dataset, window), pool):
         ws = [w for w, _ in chunk]
         windows += ws
-        sorted_batches += [_pad([ws[i] for i in b], ws[b[0]].ids[0])[0]
+        sorted_batches += [pad_windows([ws[i] for i in b], ws[b[0]].ids[0])[0]
                            for b in length_batches(ws, budget)]
-    batches = [_pad(b, b[0].ids[0])[0] for b in _batches(windows, 16)]
+    batches = [pad_windows(b, b[0].ids[0])[0] for b in _batches(windows, 16)]
     real = torch.tensor([w.ids[p] for w in windows for p in w.keep])
     rows = list(real.split(window))
     last = [rows.pop()] if len(rows[-1]) < window else []

@@ -2,8 +2,8 @@
 
 Stages: (compress) → cache A and B → probes → SAE → geometry → behaviour → report; where a
 core is spare, SAE, geometry and behaviour run in a second thread beside the probes
-(``DiffConfig.overlap``, ``lensbias.threads``). Caches and fitted artefacts live in the output folder, keyed by fingerprints, so a rerun with the
-same inputs reuses them.
+(``DiffConfig.overlap``, ``lensbias.threads``). Caches and fitted artefacts live in the
+output folder, keyed by fingerprints, so a rerun with the same inputs reuses them.
 """
 
 from __future__ import annotations
@@ -238,7 +238,6 @@ def _run_diff(a: Any, b: Any, recipe: Recipe | None, data: Any, config: DiffConf
                 after = background.result()
                 timings.update(after.seconds)  # their own times, beside the probes
                 tick("wait")  # what they added after the probes had finished
-            clock = time.perf_counter()
         except BaseException:
             if background is not None:
                 background.stop()  # before the caller's undo: no artefact half-written

@@ -1,15 +1,17 @@
-"""CPU cores, and one stage run in a second thread beside the others.
+"""CPU cores, and stages run in a second thread beside the others.
 
 ``lensbias diff`` on a 2-core machine runs torch with one intra-op thread (``cli/threads.py``:
-two threads spin-wait for each other under load), so one core sits idle through the probes,
-geometry and behaviour. The SAE stage reads only the two activation caches and writes only
-its own artefacts, so it can run beside them: ``Overlapped`` runs it in a thread of its own
-with the same torch thread count, hands back its result or re-raises its error, and can be
-told to stop (``cancel``) when the main thread fails, so no half-written artefact outlives
-the run. torch releases the GIL inside its kernels and h5py serialises its own reads, so the
-two threads share the caches safely; neither draws from torch's global RNG (the SAE's
-initialisation is seeded inside ``torch.random.fork_rng``; probes and geometry use numpy
-generators), so results do not depend on how the threads interleave.
+two threads spin-wait for each other under load), so one core sat idle through every stage.
+The probes read the two activation caches and write only their own artefact; so do the
+SAE, geometry and behaviour stages (behaviour also runs the models, which the probes do
+not touch). ``Overlapped`` runs those three in a thread of their own with the caller's
+torch thread count, hands back their result or re-raises their error, and can be told to
+stop (``cancel``) when the main thread fails, so no half-written artefact outlives the run.
+torch releases the GIL inside its kernels and h5py serialises its own reads, so the two
+threads share the caches safely; none of the stages draws from torch's global RNG (the
+SAE's initialisation is seeded inside ``torch.random.fork_rng``; probes, geometry and
+behaviour use numpy generators or none), so results do not depend on how the threads
+interleave.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from lensbias.errors import LensbiasError
 from lensbias.models import LoadedModel, adapter
 from lensbias.store import format as fmt
 from lensbias.store.reader import ActivationStore
-from lensbias.store.writer import _pad, length_batches, plan_windows
+from lensbias.store.writer import length_batches, pad_windows, plan_windows
 
 DOMAIN_LABEL_SET = "domain"
 
@@ -54,7 +54,7 @@ def token_losses(lm: LoadedModel, dataset: ConceptDataset, store: ActivationStor
     longest = max((len(w.ids) for w in windows), default=1)
     for group in length_batches(windows, batch_size * longest):  # similar lengths: little
         batch = [windows[i] for i in group]  # padding; right padding is harmless (causal)
-        tokens = _pad(batch, batch[0].ids[0])[0]
+        tokens = pad_windows(batch, batch[0].ids[0])[0]
         rows = [(b, p) for b, w in enumerate(batch) for p in w.keep]
         at = np.concatenate([starts[i] + np.arange(len(windows[i].keep)) for i in group])
         scored = [i for i, (_, p) in enumerate(rows) if p > 0]

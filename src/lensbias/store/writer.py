@@ -306,7 +306,7 @@ def _run_pool(model: object, lm: LoadedModel, windows: list[Window], hooks: tupl
     shapes: dict[str, list[int]] = {}
     for batch in length_batches(windows, budget):
         chosen = [windows[i] for i in batch]
-        tokens, mask = _pad(chosen, pad_id=chosen[0].ids[0])
+        tokens, mask = pad_windows(chosen, pad_id=chosen[0].ids[0])
         got = adapter.run_hooks(model, tokens.to(config.device), hooks,
                                 attention_mask=mask.to(config.device) if lm.is_encoder else None)
         index_b = torch.tensor([b for b, w in enumerate(chosen) for _ in w.keep])
@@ -519,7 +519,7 @@ def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield batch
 
 
-def _pad(batch: list[Window], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_windows(batch: list[Window], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad to the longest window; the mask is 1 on real positions."""
     width = max(len(w.ids) for w in batch)
     tokens = torch.full((len(batch), width), pad_id, dtype=torch.long)
