@@ -696,3 +696,17 @@ def test_cells_of_one_seed_share_their_sae_and_the_report_compares_them(setup, t
     assert main(["sweep-report", str(out)]) == 0
     html = (out / "sweep-report.html").read_text()
     assert "Skipped: 1 cell with no summary.json" in html and "no overlap to show" in html
+
+
+def test_sweep_report_names_the_model_on_the_interaction_chart_when_there_are_several():
+    from lensbias.report.sweep import _inversion
+
+    def row(model):
+        return {"model": model, "hook": "h", "kind": "contextual", "reading": "readout",
+                "method": "wanda", "level": 0.5, "interaction": 0.2,
+                "bootstrap": {"read": [0.1, 0.3]}, "n_corpora": {}, "n_concepts": {}}
+
+    two = _inversion({"rows": [row("tiny-code"), row("tiny-prose")]})
+    assert "tiny-code:readout:wanda:0.5" in two and "tiny-prose:readout:wanda:0.5" in two
+    one = _inversion({"rows": [row("tiny-code")]})
+    assert "tiny-code:readout" not in one and "readout:wanda:0.5" in one

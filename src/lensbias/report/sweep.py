@@ -130,13 +130,14 @@ def _inversion(inv: dict[str, Any]) -> str:
         "mixed model", "p Holm", "cc", "cp", "pc", "pp", "seeds · corpora · concepts"], body)
     shown = [r for r in rows if r.get("interaction") is not None
              and r.get("kind") == "contextual"]
-    bars = [(f"{r.get('reading')}:{r.get('method')}:{r.get('level')}", r.get("interaction"),
-             _boot_ci(r)) for r in shown]
+    several = len({r.get("model") for r in shown}) > 1  # name the model where it varies
+    bars = [(f"{r.get('model')}:" * several + f"{r.get('reading')}:{r.get('method')}:"
+             f"{r.get('level')}", r.get("interaction"), _boot_ci(r)) for r in shown]
     chart = (bar_chart("Interaction on contextual concepts, cluster-bootstrap 95% interval",
                        bars, width=_bar_width(len(bars), 84),
                        groups=[_side(_boot_ci(r)) for r in shown],
                        colors=SIDE_COLORS, y_label="interaction (kept share)",
-                       x_label="reading:method:level") if bars else "")
+                       x_label="model:" * several + "reading:method:level") if bars else "")
     return (f"<section id='inversion'><h2>The study's interaction, three readings</h2>"
             f"<p>{esc(inv.get('definition', ''))}. Intervals: a t interval over seeds; a "
             f"cluster bootstrap over seeds, calibration corpora, concept groups and concepts, "
