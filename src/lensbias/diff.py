@@ -203,22 +203,23 @@ def _run_diff(a: Any, b: Any, recipe: Recipe | None, data: Any, config: DiffConf
             """The stages after the probes: SAE, geometry, behaviour (each timed)."""
             done = _Rest()
 
-            def run(name: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+            def run(name: str, artefact: str, compute: Callable[[], dict[str, Any]]
+                    ) -> dict[str, Any]:
                 if cancel is not None and cancel.is_set():
                     raise Cancelled(f"{name} not started")
                 stage(name)
                 begin = time.perf_counter()
-                result = _cached(out, name if name != "sae" else f"sae-{sae_hook}", key,
-                                 compute)
+                result = _cached(out, artefact, key, compute)
                 done.seconds[name] = round(time.perf_counter() - begin, 2)
                 return result
 
             if sae_hook is not None:
-                done.saes[sae_hook] = run("sae", lambda: _sae(store_a, store_b, sae_hook,
-                                                              config, out, cancel))
-            done.geometry = run("geometry", lambda: _geometry(store_a, store_b, config))
+                done.saes[sae_hook] = run("sae", f"sae-{sae_hook}", lambda: _sae(
+                    store_a, store_b, sae_hook, config, out, cancel))
+            done.geometry = run("geometry", "geometry",
+                                lambda: _geometry(store_a, store_b, config))
             if a.is_encoder == b.is_encoder:  # causal: losses, bits/byte; encoders: embeddings
-                done.behaviour = run("behaviour",
+                done.behaviour = run("behaviour", "behaviour",
                                      lambda: _behaviour(a, b, data, store_a, config))
             return done
 

@@ -322,8 +322,8 @@ def _model_readings(rows: list[dict[str, Any]], n_boot: int, rng: np.random.Gene
 def _boot_ratio(den: list[tuple[Any, str, float]], num: list[float], n_boot: int,
                 rng: np.random.Generator, confidence: float
                 ) -> tuple[float | None, list[float] | None]:
-    """Σ num / Σ den over (seed, concept, den) items, with a bootstrap CI over seeds, then
-    concepts (the replicate weights ``_boot_mean`` draws)."""
+    """Σ num / Σ den over (seed, concept, den) items, with a percentile bootstrap CI whose
+    replicate weights draw seeds, then concepts."""
     if not den:
         return None, None
     seeds = sorted({i[0] for i in den}, key=str)
@@ -348,27 +348,10 @@ def _boot_ratio(den: list[tuple[Any, str, float]], num: list[float], n_boot: int
 
 def _boot_mean(items: list[tuple[Any, str, float]], n_boot: int, rng: np.random.Generator,
                confidence: float) -> tuple[float | None, list[float] | None]:
-    """Mean of (seed, concept, value) items and a bootstrap CI over seeds, then concepts."""
-    if not items:
-        return None, None
-    seeds = sorted({i[0] for i in items}, key=str)
-    concepts = sorted({i[1] for i in items})
-    sx = np.array([seeds.index(i[0]) for i in items])
-    cx = np.array([concepts.index(i[1]) for i in items])
-    v = np.array([i[2] for i in items], float)
-    point = float(v.mean())
-    if n_boot <= 0 or len(items) < 2:
-        return point, None
-    ws = _draw_counts(rng, len(seeds), n_boot)
-    wc = _draw_counts(rng, len(concepts), n_boot)
-    w = ws[:, sx] * wc[:, cx]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        reps = (w @ v) / w.sum(axis=1)
-    reps = reps[np.isfinite(reps)]
-    if not len(reps):
-        return point, None
-    tail = (1 - confidence) / 2 * 100
-    return point, [float(np.percentile(reps, tail)), float(np.percentile(reps, 100 - tail))]
+    """Mean of (seed, concept, value) items and a bootstrap CI over seeds, then concepts:
+    ``_boot_ratio`` with every denominator 1."""
+    return _boot_ratio([(i[0], i[1], 1.0) for i in items], [i[2] for i in items], n_boot, rng,
+                       confidence)
 
 
 def analyse(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0,
