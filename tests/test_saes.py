@@ -243,6 +243,33 @@ def test_config_validation():
         SAEConfig(training_tokens=10, batch_size=256)
 
 
+def test_heldout_quality_is_read_in_bounded_blocks(stores, sae_dir, monkeypatch):
+    """The saved held-out quality reads the store a block at a time (no read larger than
+    the block) and equals sae_quality on all held-out rows at once, with and without the
+    outlier cap."""
+    from lensbias.saes.train import heldout_quality
+
+    sae = load_sae(sae_dir)
+    with ActivationStore(stores["a"]) as store:
+        mask, _ = heldout_rows(store, FAST.holdout_fraction, FAST.split_seed)
+        rows = np.flatnonzero(mask)
+        held = store.activations(HOOK, rows)
+        reads = []
+        read = store.activations
+        monkeypatch.setattr(store, "activations",
+                            lambda hook, idx: reads.append(len(idx)) or read(hook, idx))
+        cap = float(np.quantile(np.linalg.norm(held, axis=1), 0.8))
+        for max_norm, want in ((None, held), (cap, held[np.linalg.norm(held, axis=1) <= cap])):
+            reads.clear()
+            got = heldout_quality(sae, store, HOOK, rows, max_norm, block=50)
+            assert max(reads) <= 50 and sum(reads) == len(rows) and len(reads) > 2
+            ref = sae_quality(sae, want)
+            assert got["n_tokens"] == ref["n_tokens"] == len(want)
+            for key in ("explained_variance", "mse", "l0", "dead_features"):
+                assert got[key] == pytest.approx(ref[key], rel=1e-6, abs=1e-9), key
+        assert heldout_quality(sae, store, HOOK, rows[:0], None) is None
+
+
 def test_outlier_tokens_are_excluded_and_counted(stores, sae_dir, tmp_path):
     def spike(x: np.ndarray) -> np.ndarray:
         x[:5] *= 100.0

@@ -391,9 +391,6 @@ def train_sae(store: ActivationStore, hook: str, config: SAEConfig = SAEConfig()
     seconds = time.perf_counter() - t0
     sae.eval()
     if out_dir is not None:
-        held = store.activations(hook, np.flatnonzero(held_mask)) if held_mask.any() else None
-        if held is not None and max_norm is not None:
-            held = held[np.linalg.norm(held, axis=1) <= max_norm]
         info = {
             "lensbias_sae": 1, "hook": hook, "d_in": d_in, "d_sae": config.width(d_in),
             "config": config.to_dict(),
@@ -407,7 +404,8 @@ def train_sae(store: ActivationStore, hook: str, config: SAEConfig = SAEConfig()
                          "seconds": seconds,
                          "tokens_per_second": tcfg.total_training_samples / max(seconds, 1e-9),
                          "rows_dropped_as_outliers": data.rows_dropped},
-            "quality_heldout": sae_quality(sae, held) if held is not None and len(held) else None,
+            "quality_heldout": heldout_quality(sae, store, hook, np.flatnonzero(held_mask),
+                                               max_norm),
         }
         save_sae(sae, out_dir, info)
     return sae
@@ -501,10 +499,28 @@ def sae_quality(sae: Any, acts: np.ndarray | torch.Tensor, batch_tokens: int = 4
     x_all = torch.as_tensor(np.asarray(acts, dtype=np.float32) if isinstance(acts, np.ndarray)
                             else acts.float())
     acc = QualityAccumulator(int(sae.cfg.d_sae))
-    for x in x_all.split(batch_tokens):
-        feats, recon = encode_decode(sae, x)
-        acc.update(x.to(feats.device), feats, recon)
+    _feed(acc, sae, x_all, batch_tokens)
     return acc.result()
+
+
+def heldout_quality(sae: Any, store: ActivationStore, hook: str, rows: np.ndarray,
+                    max_norm: float | None, block: int = 32768) -> dict[str, float | int] | None:
+    """``sae_quality`` on the store's ``rows`` at ``hook``, read ``block`` rows at a time
+    (memory bounded by the block, not by the held-out share), rows above ``max_norm``
+    left out as in training; None when no row is left."""
+    acc = QualityAccumulator(int(sae.cfg.d_sae))
+    for start in range(0, len(rows), block):
+        x = store.activations(hook, rows[start:start + block])
+        if max_norm is not None:
+            x = x[np.linalg.norm(x, axis=1) <= max_norm]
+        _feed(acc, sae, torch.as_tensor(np.asarray(x, dtype=np.float32)), 4096)
+    return acc.result() if acc.n else None
+
+
+def _feed(acc: QualityAccumulator, sae: Any, x: torch.Tensor, batch_tokens: int) -> None:
+    for part in x.split(batch_tokens):
+        feats, recon = encode_decode(sae, part)
+        acc.update(part.to(feats.device), feats, recon)
 
 
 def _nan_to_none(value: Any) -> Any:
