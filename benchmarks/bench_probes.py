@@ -27,8 +27,8 @@ prints both times and, over every row, the largest difference of each accuracy, 
 chosen C and of the cosines.
 
 ``--grid-scores DIR`` shows how one concept's C is chosen at one hook of that diff, for A and
-for B: the validation tokens each C gets right with lensbias' solver (the grid as one
-batch, tolerance 1e-4), with sklearn at its default tolerance 1e-4, and with sklearn at 1e-8
+for B: the validation tokens each C gets right and the validation log-loss (which picks C)
+with lensbias' solver (the grid as one batch, tolerance 1e-4), with sklearn at its default tolerance 1e-4, and with sklearn at 1e-8
 (the exact optimum, for practical purposes). ``--eigh`` times one d x d symmetric
 eigendecomposition (the probes' preconditioner) in float64 and in float32.
 """
@@ -133,6 +133,7 @@ STAGE_COSINES = ("cos_probe", "ceiling_probe", "cos_probe_halves")
 
 def stage(folder: str, repeats: int) -> None:
     import os
+    from collections import Counter
     from pathlib import Path
 
     from lensbias.probes.pair import ProbeConfig, ProbePair
@@ -166,14 +167,20 @@ def stage(folder: str, repeats: int) -> None:
     print(f"{len(ours)} rows (concept x hook). Largest |difference| over rows, lensbias - "
           f"sklearn:")
     for key in STAGE_ACCURACIES + STAGE_COSINES:
-        d = [abs(getattr(x, key) - getattr(y, key)) for x, y in zip(ours, ref)]
-        d = [v for v in d if v == v]
+        d = [(abs(getattr(x, key) - getattr(y, key)), f"{x.concept} at {x.hook}")
+             for x, y in zip(ours, ref)]
+        d = [v for v in d if v[0] == v[0]]
         unit, scale = ("points", 100) if key in STAGE_ACCURACIES else ("", 1)
-        print(f"  {key:<18} {scale * max(d):6.2f} {unit}" if d else f"  {key:<18} (none)")
+        top = max(d) if d else None
+        print(f"  {key:<18} {scale * top[0]:6.2f} {unit:<6} ({top[1]})" if top
+              else f"  {key:<18} (none)")
     same_c = sum((x.C_a == y.C_a) + (x.C_b == y.C_b) for x, y in zip(ours, ref))
     print(f"  chosen C equal in {same_c} of {2 * len(ours)} probes; converged: lensbias "
           f"{sum(r.converged for r in ours)}, sklearn {sum(r.converged for r in ref)} of "
           f"{len(ours)} rows")
+    counts = Counter(c for r in ours for c in (r.C_a, r.C_b))
+    print(f"  chosen C (lensbias, A and B probes): "
+          f"{', '.join(f'{c:g}: {n}' for c, n in sorted(counts.items()))}")
     print(f"probe stage: lensbias {best['lbfgs']:.1f} s, sklearn {best['sklearn']:.1f} s "
           f"({best['sklearn'] / best['lbfgs']:.2f}x faster)")
 
@@ -184,7 +191,7 @@ def grid_scores(folder: str, concept: str, hook: str) -> None:
     from lensbias.probes.batched import Problem
     from lensbias.probes.fast import fit_batch
     from lensbias.probes.pair import (ProbeConfig, _same_tokens, document_ids, grid_split,
-                                      select_tokens)
+                                      one_se_choice, select_tokens)
     from lensbias.store import ActivationStore
 
     cfg = ProbeConfig()
@@ -206,17 +213,28 @@ def grid_scores(folder: str, concept: str, hook: str) -> None:
             ours = fit_batch([Problem(fit, y[~val], c) for c in grid], max_iter=cfg.max_iter,
                              tol=cfg.tol)
             scaler = StandardScaler().fit(fit)
-            right = {"lensbias, tol 1e-4": [int((p.predict(X[val]) == y[val]).sum())
-                                            for p in ours]}
+            Xv, yv = X[val], y[val]
+            rows = {"lensbias, tol 1e-4": ([int((p.predict(Xv) == yv).sum()) for p in ours],
+                                           [p.token_log_losses(Xv, yv) for p in ours])}
             for tol in (1e-4, 1e-8):
                 fitted = [LogisticRegression(C=c, tol=tol, max_iter=20000).fit(
                     scaler.transform(fit), y[~val]) for c in grid]
-                right[f"sklearn, tol {tol:g}"] = [
-                    int((m.predict(scaler.transform(X[val])) == y[val]).sum()) for m in fitted]
-            print(f"{name}: {concept} at {hook}, {int(val.sum())} validation tokens right at "
-                  f"C = {grid} (the first best wins):")
-            for who, counts in right.items():
-                print(f"  {who:<20} {counts} -> C = {grid[int(np.argmax(counts))]}")
+                Zv = scaler.transform(Xv)
+                probs = [m.predict_proba(Zv) for m in fitted]
+                rows[f"sklearn, tol {tol:g}"] = (
+                    [int((m.predict(Zv) == yv).sum()) for m in fitted],
+                    [-np.log(np.clip(p[np.arange(len(yv)), np.searchsorted(m.classes_, yv)],
+                                     1e-15, None)) for m, p in zip(fitted, probs)])
+            print(f"{name}: {concept} at {hook}, {int(val.sum())} validation tokens; at "
+                  f"C = {grid}: tokens right (argmax: the rule before 2026-12-02), mean "
+                  f"log-loss (argmin) and the one-SE choice (the rule C is chosen by):")
+            for who, (counts, losses) in rows.items():
+                means = [float(v.mean()) for v in losses]
+                best = int(np.argmin(means))
+                se = float(losses[best].std(ddof=1) / np.sqrt(len(losses[best])))
+                print(f"  {who:<20} right {counts} -> C = {grid[int(np.argmax(counts))]}; "
+                      f"log-loss [{', '.join(f'{v:.5f}' for v in means)}] -> C = "
+                      f"{grid[best]}; one SE {se:.5f} -> C = {grid[one_se_choice(losses)]}")
 
 
 def eigh_cost(widths: list[int]) -> None:

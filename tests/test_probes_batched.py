@@ -223,3 +223,62 @@ def test_a_float32_decomposition_changes_the_path_not_the_answer(monkeypatch):
     assert dtypes == [torch.float64, torch.float32]
     assert np.abs(exact.coef_ - single.coef_).max() <= 1e-3 * np.abs(exact.coef_).max()
     assert (exact.predict(X) == single.predict(X)).mean() >= 0.999
+
+
+def test_log_loss_is_scikit_learns():
+    """LinearProbe.log_loss is sklearn's log_loss of the same model's probabilities
+    (binary and multiclass), and refuses a label the probe never saw."""
+    from sklearn.metrics import log_loss
+
+    from lensbias.errors import LensbiasError
+    for k, seed in ((2, 0), (5, 1)):
+        X, y = planted(800, 24, k, seed)
+        ref = SklearnProbe(C=1.0, max_iter=2000).fit(X[:600], y[:600])
+        logits = X[600:] @ ref.coef_.T + ref.intercept_
+        if logits.shape[1] == 1:
+            logits = np.concatenate([np.zeros_like(logits), logits], axis=1)
+        prob = np.exp(logits - logits.max(axis=1, keepdims=True))
+        prob /= prob.sum(axis=1, keepdims=True)
+        want = log_loss(y[600:], prob, labels=ref.classes_)
+        assert ref.log_loss(X[600:], y[600:]) == pytest.approx(want, rel=1e-5)
+    with pytest.raises(LensbiasError, match="not one of the probe's classes"):
+        ref.log_loss(X[:3], np.array([0, 1, 99]))
+
+
+def test_c_is_chosen_by_held_out_log_loss_the_same_with_either_solver():
+    """select_steps picks C by the one-standard-error rule on held-out log-loss (the
+    smallest C within one SE of the best; computed here from exact sklearn fits), and the
+    batched solver and one sklearn fit per probe pick the same C on every problem."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+    from sklearn.preprocessing import StandardScaler
+
+    from lensbias.probes.pair import ProbeConfig, fit_selected, grid_split
+    picked = []
+    # noise-free small problems want a weak penalty (C = 10, 1); noisy ones a strong one
+    for n, k, noise, seed in [(300, 2, 0, 4), (400, 3, 0, 2), (200, 2, 0, 7), (600, 3, 0, 2),
+                              (2000, 12, 2.0, 5), (1600, 4, 2.0, 6), (1400, 5, 2.0, 1)]:
+        X, y = planted(n, 24, k, seed, shift=0.5)
+        X += np.random.default_rng(seed).normal(size=X.shape).astype(np.float32) * noise
+        docs = np.arange(n) // 25
+        chosen = {}
+        for solver in ("lbfgs", "sklearn"):
+            cfg = ProbeConfig(solver=solver, n_bootstrap=0)
+            chosen[solver] = fit_selected(X, y, docs, cfg)[1]
+        val = grid_split(y, docs, cfg)
+        scaler = StandardScaler().fit(X[~val])
+        losses = []
+        for c in sorted(cfg.C_grid):
+            m = LogisticRegression(C=c, tol=1e-8, max_iter=20000).fit(
+                scaler.transform(X[~val]), y[~val])
+            p = m.predict_proba(scaler.transform(X[val]))
+            losses.append(-np.log(p[np.arange(len(p)), np.searchsorted(m.classes_, y[val])]))
+            assert losses[-1].mean() == pytest.approx(log_loss(y[val], p, labels=m.classes_),
+                                                      rel=1e-4, abs=1e-6)
+        means = [v.mean() for v in losses]
+        best = int(np.argmin(means))
+        margin = losses[best].std(ddof=1) / np.sqrt(len(losses[best]))
+        want = next(c for c, v in zip(sorted(cfg.C_grid), means) if v <= means[best] + margin)
+        assert chosen["lbfgs"] == chosen["sklearn"] == want
+        picked.append(chosen["lbfgs"])
+    assert set(picked) == {0.1, 1.0, 10.0}   # the grid is really chosen from

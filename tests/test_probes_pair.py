@@ -202,7 +202,11 @@ def test_stores_of_different_tokens_are_refused(stores):
 def test_batched_stage_agrees_with_one_sklearn_fit_per_probe(stores):
     """The whole comparison with lensbias' batched, warm-started solver against one
     converged scikit-learn LogisticRegression per probe (solver='sklearn'): the same C
-    chosen everywhere, every accuracy within 1 point, the cosines within 0.02."""
+    chosen everywhere, every accuracy on the probe's own model within 1 point, the cosines
+    within 0.02. A's probe read on B (transfer, aligned transfer) within 4 points: here B is
+    an unrelated random model and the toy's duplicated texts choose C = 10, where the optimum
+    is flat along directions A's data barely constrains and B reads exactly those (on the
+    default diff's real caches every reading agrees within 0.38 points: docs/performance.md)."""
     a, b, _ = stores
     cfg = ProbeConfig(n_bootstrap=0, min_class_tokens=10)
     with ActivationStore(a) as store_a, ActivationStore(b) as store_b:
@@ -216,7 +220,8 @@ def test_batched_stage_agrees_with_one_sklearn_fit_per_probe(stores):
                     "control_b"):
             mine, theirs = getattr(x, key), getattr(y, key)
             assert np.isnan(mine) == np.isnan(theirs), key      # both NaN (no embed hook)
-            assert np.isnan(mine) or abs(mine - theirs) <= 0.01, (x.concept, x.hook, key)
+            bound = 0.04 if key in ("transfer", "aligned_transfer") else 0.01
+            assert np.isnan(mine) or abs(mine - theirs) <= bound, (x.concept, x.hook, key)
         for key in ("cos_probe", "ceiling_probe", "cos_probe_halves"):
             assert abs(getattr(x, key) - getattr(y, key)) <= 0.02, (x.concept, x.hook, key)
         assert x.converged and y.converged

@@ -87,6 +87,25 @@ class LinearProbe:
         """Accuracy (higher is better)."""
         return float(np.mean(self.predict(X) == np.asarray(y)))
 
+    def log_loss(self, X: Float[np.ndarray, "tokens d_model"], y: np.ndarray) -> float:
+        """Mean cross-entropy of the true labels (lower is better; sklearn's ``log_loss``
+        of ``predict_proba``). Every label must be one of ``classes_``."""
+        return float(np.mean(self.token_log_losses(X, y)))
+
+    def token_log_losses(self, X: Float[np.ndarray, "tokens d_model"], y: np.ndarray
+                         ) -> Float[np.ndarray, " tokens"]:
+        """Each token's cross-entropy −log p(y | x), in float64."""
+        scores = np.asarray(self.decision_function(X), np.float64)
+        logits = (np.stack([np.zeros_like(scores), scores], axis=1) if scores.ndim == 1
+                  else scores)
+        index = np.searchsorted(self.classes_, np.asarray(y))
+        if np.any(index >= len(self.classes_)) or np.any(self.classes_[
+                np.minimum(index, len(self.classes_) - 1)] != np.asarray(y)):
+            raise LensbiasError("log_loss: a label is not one of the probe's classes")
+        top = logits.max(axis=1, keepdims=True)
+        log_z = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+        return log_z - logits[np.arange(len(index)), index]
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "coef_"):
             raise LensbiasError("this LinearProbe is not fitted yet; call fit")

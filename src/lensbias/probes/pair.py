@@ -90,7 +90,8 @@ class ProbeConfig:
     """Inverse L2 strength of every probe (sklearn's C); None: chosen per probe from
     ``C_grid`` on a held-out quarter of its training documents."""
     C_grid: tuple[float, ...] = (0.1, 1.0, 10.0)
-    """Candidate C values when ``C`` is None (ties go to the smaller C)."""
+    """Candidate C values when ``C`` is None, chosen by the one-standard-error rule on
+    held-out log-loss (``one_se_choice``: the smallest C within one SE of the best)."""
     max_iter: int = 500
     """L-BFGS iteration cap per probe (stops earlier at the gradient tolerance)."""
     tol: float = 1e-4
@@ -362,8 +363,9 @@ def fit_selected(X: Float[np.ndarray, "tokens d"], y: Int[np.ndarray, " tokens"]
                  docs: Int[np.ndarray, " tokens"], config: ProbeConfig,
                  fixed: float | None = None) -> tuple[LinearProbe, float]:
     """A probe fitted on all of ``X``, its C fixed (``fixed``, else ``config.C``) or chosen
-    from ``config.C_grid`` by accuracy on a held-out quarter of the training documents
-    (fitted on the rest); the smaller C wins ties. Too few documents (< 4) or a held-out
+    from ``config.C_grid`` on a held-out quarter of the training documents (fitted on the
+    rest) by the one-standard-error rule on log-loss (``one_se_choice``: the smallest C
+    within one standard error of the best). Too few documents (< 4) or a held-out
     part without two classes: C = 1."""
     return run_steps(select_steps(X, y, docs, config, fixed), config)
 
@@ -384,12 +386,26 @@ def select_steps(X: Float[np.ndarray, "tokens d"], y: Int[np.ndarray, " tokens"]
         if val is not None:
             X_fit, y_fit = X[~val], y[~val]        # one array: the solver shares its basis
             fitted = yield [Problem(X_fit, y_fit, c) for c in grid]
-            best = int(np.argmax([p.score(X[val], y[val]) for p in fitted]))
+            best = one_se_choice([p.token_log_losses(X[val], y[val]) for p in fitted])
             chosen, init = float(grid[best]), fitted[best]
     elif len(grid) == 1:
         chosen = float(grid[0])
     (probe,) = yield [Problem(X, y, chosen, init)]
     return probe, chosen
+
+
+def one_se_choice(losses: list[Float[np.ndarray, " tokens"]]) -> int:
+    """The one-standard-error rule (Hastie, Tibshirani & Friedman, ESL §7.10): of the grid,
+    ordered from the strongest penalty, the first whose mean held-out log-loss is within one
+    standard error (of the best's per-token losses) of the best. Log-loss, not accuracy, and
+    a margin, not an argmax: on a held-out quarter of a few hundred tokens two Cs are often a
+    token apart in accuracy, or a hair apart in loss, and an argmax would then pick by where
+    the solver happened to stop."""
+    means = [float(np.mean(v)) for v in losses]
+    best = int(np.argmin(means))
+    v = losses[best]
+    se = float(np.std(v, ddof=1)) / np.sqrt(len(v)) if len(v) > 1 else 0.0
+    return next(i for i, m in enumerate(means) if m <= means[best] + se)
 
 
 def grid_split(y: Int[np.ndarray, " tokens"], docs: Int[np.ndarray, " tokens"],
