@@ -278,3 +278,28 @@ def test_concept_groups_fill_the_budget_in_order():
 def test_unknown_solver_is_a_clear_error():
     with pytest.raises(LensbiasError, match="ProbeConfig.solver is 'newton'; use one of lbfgs"):
         ProbeConfig(solver="newton")
+
+
+def test_the_document_split_is_drawn_within_each_domain():
+    """A domain of few documents beside many: every seed puts some of each domain's
+    documents on each side (the unstratified draw leaves the small one out for some seeds),
+    documents never straddle, and one stratum draws exactly as grouped_split."""
+    from lensbias.probes.linear import grouped_split, stratified_split
+
+    docs = np.repeat(np.arange(206), 5)                    # 6 prose documents, 200 code files
+    strata = np.where(docs < 6, "prose", "code").astype(object)
+    strata[::5] = ""                                       # unlabelled tokens do not count
+    missed = 0
+    for seed in range(40):
+        test = stratified_split(docs, strata, 0.25, seed)
+        for dom, lo, hi in (("prose", 0, 6), ("code", 6, 206)):
+            on = np.unique(docs[test & (docs >= lo) & (docs < hi)])
+            assert 1 <= len(on) <= hi - lo - 1, (seed, dom)
+            assert abs(len(on) - 0.25 * (hi - lo)) <= 1
+        for d in np.unique(docs):
+            assert len(np.unique(test[docs == d])) == 1
+        missed += not (grouped_split(docs, 0.25, seed) & (docs < 6)).any()
+    assert missed > 0                                      # the old draw does miss it
+    same = np.full(len(docs), "prose", dtype=object)
+    assert np.array_equal(stratified_split(docs, same, 0.25, 3), grouped_split(docs, 0.25, 3))
+    assert np.array_equal(stratified_split(docs, None, 0.25, 3), grouped_split(docs, 0.25, 3))

@@ -17,7 +17,8 @@ examples; bootstrap intervals over test documents.
 
 Decisions:
 - Split by source document (``doc`` for UD, ``file`` for code; the example where a store has
-  neither), so no document has tokens on both sides; the bootstrap resamples test
+  neither), so no document has tokens on both sides, drawn within each domain
+  (``stratified_split``) so a domain of few documents is on both sides too; the bootstrap resamples test
   documents; tokens per concept are capped by whole examples.
 - The regularisation strength of each probe (A, B, the embedding floor) is chosen on its
   own training split (``C_grid``, one held-out quarter of the training documents) unless
@@ -59,7 +60,7 @@ from lensbias.probes.batched import Problem, Steps, fit_steps, together
 from lensbias.probes.batched import run as _run
 from lensbias.probes.fast import LinearProbe, fit_batch
 from lensbias.probes.floors import EMBED_HOOK, KIND_CONTEXT, TokenIdLookup, kind_of
-from lensbias.probes.linear import grouped_split
+from lensbias.probes.linear import grouped_split, stratified_split
 from lensbias.probes.report import (MIN_GAIN, ProbeReport, ProbeRow, aggregate,
                                     aggregate_readings, percentile_ci, reading)
 
@@ -175,11 +176,11 @@ class ProbePair:
         hooks = _hooks(store_a, store_b, cfg)
         groups = tokens["example"].astype(np.int64)
         docs = document_ids(store_a, groups)
-        test = grouped_split(docs, cfg.test_fraction, seed=cfg.seed)
+        strata = _strata(store_a)
+        test = stratified_split(docs, strata.get("domain"), cfg.test_fraction, seed=cfg.seed)
         weights = bootstrap_weights(docs[test], cfg.n_bootstrap, cfg.seed)
         types = (word_types(store_a.texts(), groups, tokens["offsets"]) if cfg.control
                  else None)
-        strata = _strata(store_a)
         chosen, skipped = {}, []
         for concept in concepts:
             labels = store_a.labels(concept)
