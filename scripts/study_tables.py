@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from lensbias.sweep import analyse, read_results
-from lensbias.sweep.stats import READINGS, entering, row_calib_domain, study_kinds, t_interval
+from lensbias.sweep.stats import (READINGS, entering, method_label, row_calib_domain, study_kinds,
+                                  t_interval)
 
 
 def _f(v: Any, digits: int = 3) -> str:
@@ -141,7 +142,8 @@ def data_free_table(rows: list[dict[str, Any]], kind: str = "contextual") -> Non
     calibration data) at the same level; the difference per seed (same seed: the same probes
     and data) with a seed-level t interval."""
     entered = entering(rows, kind)
-    free = [r for r in entered if str(r["method"]).startswith("magnitude")]
+    free = [r for r in entered if method_label(r) == "magnitude"]   # per matrix, attn + mlp
+    entered = [r for r in entered if not _data_free(r)]
     if not free:
         print("(no magnitude cells)")
         return
@@ -164,7 +166,7 @@ def data_free_table(rows: list[dict[str, Any]], kind: str = "contextual") -> Non
                     mine = [r for r in entered if r["method"] == method and r["level"] == level
                             and row_calib_domain(r) == calib]
                     seeds = sorted({r["seed"] for r in mine} & {r["seed"] for r in base})
-                    cells = []
+                    cells, counts = [], []
                     for dom in ("code", "prose"):
                         diffs = np.array([
                             _survival([r for r in mine if r["seed"] == s
@@ -172,6 +174,8 @@ def data_free_table(rows: list[dict[str, Any]], kind: str = "contextual") -> Non
                             - _survival([r for r in base if r["seed"] == s
                                          and r["concept_domain"] == dom], key)
                             for s in seeds])
+                        diffs = diffs[np.isfinite(diffs)]    # a seed without that domain's rows
+                        counts.append(len(diffs))
                         if len(diffs) >= 2:
                             mean, ci, _, _ = t_interval(diffs)
                             cells.append(f"{mean:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]")
@@ -179,8 +183,46 @@ def data_free_table(rows: list[dict[str, Any]], kind: str = "contextual") -> Non
                             cells.append("–")
                     pooled = {dom: _survival([r for r in mine if r["concept_domain"] == dom], key)
                               for dom in ("code", "prose")}
+                    n = "/".join(sorted({str(v) for v in counts}))
                     print(f"| {level} | {name} | {method} | {calib} | {pooled['code']:.3f} | "
-                          f"{pooled['prose']:.3f} | {cells[0]} | {cells[1]} | {len(seeds)} |")
+                          f"{pooled['prose']:.3f} | {cells[0]} | {cells[1]} | {n} |")
+
+
+def _data_free(row: dict[str, Any]) -> bool:
+    return str(row["method"]).startswith("magnitude")
+
+
+def module_group_table(rows: list[dict[str, Any]], kind: str = "contextual") -> None:
+    """Every data-free method (magnitude per matrix on attention and MLP, on one module
+    group alone, global, structured) at each level: S(code concepts) and S(prose concepts)
+    per reading (ratio of sums over seeds), and the gap S(code) − S(prose) per seed with a
+    seed-level t interval. Printed only where a folder holds more than one such method."""
+    free = [r for r in entering(rows, kind) if _data_free(r)]
+    labels = sorted({(method_label(r), r["level"]) for r in free})
+    if len({m for m, _ in labels}) < 2:
+        print("(one data-free method; see the data-free control)")
+        return
+    print("| method | level | reading | S(code) | S(prose) | S(code) − S(prose) (seed t 95%) "
+          "| seeds |")
+    print("|---|---:|---|---:|---:|---|---:|")
+    for label, level in labels:
+        mine = [r for r in free if method_label(r) == label and r["level"] == level]
+        seeds = sorted({r["seed"] for r in mine})
+        for reading, key in READINGS.items():
+            pooled = {dom: _survival([r for r in mine if r["concept_domain"] == dom], key)
+                      for dom in ("code", "prose")}
+            gaps = np.array([
+                _survival([r for r in mine if r["seed"] == s and r["concept_domain"] == "code"],
+                          key)
+                - _survival([r for r in mine if r["seed"] == s and r["concept_domain"] == "prose"],
+                            key) for s in seeds])
+            gap = "–"
+            gaps = gaps[np.isfinite(gaps)]
+            if len(gaps) >= 2:
+                mean, ci, _, _ = t_interval(gaps)
+                gap = f"{mean:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+            print(f"| {label} | {level} | {reading.replace('_', ' ')} | {pooled['code']:.3f} | "
+                  f"{pooled['prose']:.3f} | {gap} | {len(seeds)} |")
 
 
 def behaviour_table(rows: list[dict[str, Any]]) -> None:
@@ -189,7 +231,8 @@ def behaviour_table(rows: list[dict[str, Any]]) -> None:
     cells = {r["cell_id"]: r for r in rows}
     acc: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for r in cells.values():
-        acc[(r["method"], r["level"], r.get("calib_domain") or r["calib"])].append(r)
+        acc[(method_label(r), r["level"], "none (data-free)" if _data_free(r)
+             else r.get("calib_domain") or r["calib"])].append(r)
     enc = any(r.get("emb_cos_code") is not None for r in cells.values())
     fields = (("emb_cos_code", "emb_cos_prose", "emb_nn_code", "emb_nn_prose") if enc else
               ("bpb_b_code", "bpb_b_prose"))
@@ -262,6 +305,8 @@ def main(argv: list[str]) -> None:
             corpus_table(rows)
             print("\n## The data-free control: calibrated methods against magnitude pruning\n")
             data_free_table(rows)
+            print("\n## The data-free control by module group and structure\n")
+            module_group_table(rows)
             print("\n## Behaviour\n")
             behaviour_table(rows)
             print()
