@@ -50,6 +50,26 @@ def test_cache_then_summary(model_dir, data_file, tmp_path, capsys):
     assert len(accuracies) == 3 and all(0.0 <= a <= 1.0 for a in accuracies)
 
 
+def test_summary_splits_by_document(model_dir, data_file, tmp_path, capsys, monkeypatch):
+    """`lensbias summary` draws its test split over the store's document ids (the diff's
+    split), not over examples."""
+    import numpy as np
+
+    from lensbias.probes import linear
+    from lensbias.probes.pair import document_ids
+
+    out = tmp_path / "c.h5"
+    assert main(["cache", str(model_dir), "-d", str(data_file), "-o", str(out), "-q"]) == 0
+    seen = []
+    split = linear.stratified_split
+    monkeypatch.setattr(linear, "stratified_split",
+                        lambda groups, *a, **k: seen.append(groups) or split(groups, *a, **k))
+    assert main(["summary", str(out), "--concept", "kind"]) == 0
+    with ActivationStore(out) as store:
+        rows = np.flatnonzero(store.labels("kind") >= 0)
+        assert len(seen) == 1 and np.array_equal(seen[0], document_ids(store)[rows])
+
+
 @pytest.mark.parametrize("argv, message", [
     (["cache", "no-such-model", "-d", "ud-ewt"], "unknown model 'no-such-model'"),
     (["cache", "tiny-mixed", "-d", "no-such-data"], "no-such-data"),

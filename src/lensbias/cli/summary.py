@@ -23,7 +23,8 @@ def summary(cache_file: Path, concepts: tuple[str, ...], max_tokens: int, seed: 
             device: str) -> None:
     """Probe every cached hook for each concept and print held-out accuracy.
 
-    Train/test split by example; `majority` is the most-frequent-class rate. The probe is
+    Train/test split by source document (UD `doc`, code `file`, else the example), drawn
+    within each domain as `lensbias diff` draws it; `majority` is the most-frequent-class rate. The probe is
     the estimator `lensbias diff` fits (LinearProbe, C = 1).
 
     \b
@@ -34,21 +35,25 @@ def summary(cache_file: Path, concepts: tuple[str, ...], max_tokens: int, seed: 
     import numpy as np
 
     from lensbias.errors import LensbiasError
-    from lensbias.probes import LinearProbe, ProbeConfig, grouped_split
+    from lensbias.probes import LinearProbe, ProbeConfig
+    from lensbias.probes.linear import stratified_split
+    from lensbias.probes.pair import document_ids, token_strata
     from lensbias.store import ActivationStore
 
     cfg = ProbeConfig(seed=seed)
     C = cfg.C if cfg.C is not None else 1.0  # one fixed C: a quick look, not a C search
     with ActivationStore(cache_file) as store:
         chosen = list(concepts) or [c for c in store.token_label_sets if c != "freq_bucket"]
-        example = store.tokens()["example"]
+        docs = document_ids(store)
+        domain = token_strata(store).get("domain")
         click.echo(f"{store.model_name} on {store.dataset_name}: {store.n_tokens} tokens")
         click.echo(f"{'concept':<18} {'classes':>7} " + " ".join(f"{h:>26}" for h in store.hooks)
                    + f" {'majority':>9}")
         for concept in chosen:
             labels = store.labels(concept)
             rows = np.flatnonzero(labels >= 0)[:max_tokens]
-            test = grouped_split(example[rows], seed=seed)
+            test = stratified_split(docs[rows], None if domain is None else domain[rows],
+                                    cfg.test_fraction, seed=seed)
             y = labels[rows]
             values, counts = np.unique(y[~test], return_counts=True)
             if len(values) < 2 or not test.any():

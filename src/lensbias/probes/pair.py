@@ -176,7 +176,7 @@ class ProbePair:
         hooks = _hooks(store_a, store_b, cfg)
         groups = tokens["example"].astype(np.int64)
         docs = document_ids(store_a, groups)
-        strata = _strata(store_a)
+        strata = token_strata(store_a)
         test = stratified_split(docs, strata.get("domain"), cfg.test_fraction, seed=cfg.seed)
         weights = bootstrap_weights(docs[test], cfg.n_bootstrap, cfg.seed)
         types = (word_types(store_a.texts(), groups, tokens["offsets"]) if cfg.control
@@ -776,7 +776,7 @@ def concept_groups(sizes: dict[str, int], width: int, budget: int) -> list[list[
     return out
 
 
-def _strata(store) -> dict[str, np.ndarray]:
+def token_strata(store) -> dict[str, np.ndarray]:
     """Per-token names of the freq_bucket and domain labels, where the store has them."""
     out = {}
     for name in ("freq_bucket", "domain"):
