@@ -308,7 +308,9 @@ def test_failed_cache_leaves_no_empty_activations_folder(model_dir, data_file, t
 
 def test_summary_prints_no_warnings_and_uses_diffs_probe(model_dir, data_file, tmp_path,
                                                          capsys):
-    from lensbias.probes import LinearProbe, ProbeConfig, grouped_split
+    from lensbias.probes import LinearProbe, ProbeConfig
+    from lensbias.probes.linear import stratified_split
+    from lensbias.probes.pair import document_ids, token_strata
 
     out = tmp_path / "c.h5"
     assert main(["cache", str(model_dir), "-d", str(data_file), "-o", str(out), "-q"]) == 0
@@ -323,7 +325,9 @@ def test_summary_prints_no_warnings_and_uses_diffs_probe(model_dir, data_file, t
         hook = store.hooks[-1]
         labels = store.labels("kind")
         rows = np.flatnonzero(labels >= 0)
-        test = grouped_split(store.tokens()["example"][rows], seed=0)
+        domain = token_strata(store).get("domain")
+        test = stratified_split(document_ids(store)[rows],
+                                None if domain is None else domain[rows], 0.25, seed=0)
         acts, y = store.activations(hook, rows), labels[rows]
     cfg = ProbeConfig()
     probe = LinearProbe(C=cfg.C or 1.0, max_iter=cfg.max_iter).fit(acts[~test], y[~test])
