@@ -544,7 +544,7 @@ def test_anisotropy_vs_loss_spearman():
 
 def test_study_quick_runs_end_to_end(tmp_path):
     """sweeps/study-quick.yaml: the v2 study's whole path (named calibration corpora of both
-    domains, two seeds, exported document replicates, the three intervals, Holm) on
+    domains, three seeds, exported document replicates, the three intervals, Holm) on
     tiny-mixed, then the report. Issue 14 item 6: intervals finite and ordered."""
     from pathlib import Path
 
@@ -556,7 +556,7 @@ def test_study_quick_runs_end_to_end(tmp_path):
                  "--max-boot", "2000"]) == 0
     cfg = load_sweep_config(study)
     rows = read_results(out, cfg)
-    assert {r["cell_id"] for r in rows} == {c.id for c in cells(cfg)} and len(cells(cfg)) == 8
+    assert {r["cell_id"] for r in rows} == {c.id for c in cells(cfg)} and len(cells(cfg)) == 12
     assert {r["calib_domain"] for r in rows} == {"code", "prose"}
     assert {r["concept_domain"] for r in rows} == {"code", "prose"}
     assert all(len(r["replicates"]["acc_a"]) == 50 for r in rows if r.get("replicates"))
@@ -564,7 +564,8 @@ def test_study_quick_runs_end_to_end(tmp_path):
     inv = [r for r in analysis["inversion"]["rows"] if r["kind"] == "contextual"]
     assert {r["reading"] for r in inv} == {"information", "readout", "aligned_readout"}
     for r in inv:
-        assert r["n_seeds"] == 2 and r["n_corpora"] == {"code": 2, "prose": 2}
+        assert r["n_seeds"] == 3 and r["n_corpora"] == {"code": 2, "prose": 2}
+        assert min(r["n_concepts"].values()) > 0, r["n_concepts"]  # both domains enter
         lo, hi = r["seed_t"]["ci"]
         assert lo <= r["interaction"] <= hi
         for ci in (r["bootstrap"]["ci"], r["mixed"]["ci"]):
