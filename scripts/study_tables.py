@@ -89,7 +89,7 @@ def inversion_table(result: dict[str, Any], kind: str) -> None:
         mix = r.get("mixed") or {}
         nc, nk = r["n_corpora"], r["n_concepts"]
         boot = (f"{'' if b.get('stable') else 'envelope '}{_ci(b.get('read'))} "
-                f"({b.get('n_boot')}, spread {_f(b.get('rng_spread'))})" if b else "–")
+                f"({b.get('n_boot')}, spread {_f(b.get('rng_spread'), 4)})" if b else "–")
         mixed = (_ci(mix.get("ci")) + ("" if mix.get("converged", True) else " (not converged)")
                  if "ci" in mix else mix.get("error", "–"))
         print(f"| {r['reading'].replace('_', ' ')} | {r['method']} | {r['level']} | "

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from lensbias.sweep.stats import (Design, entering, holm, inversion, inversion_table,
-                                  stable_bootstrap)
+from lensbias.sweep.stats import (Design, _within, contrast, draw_resamples, entering, holm,
+                                  inversion, inversion_table, mixed_model, next_count,
+                                  resampled_interaction, stable_bootstrap)
 
 CONCEPTS = {"code": ["token_kind", "nesting_depth", "bracket_depth", "identifier_role"],
             "prose": ["upos", "deprel", "subj_obj", "Number", "Person", "VerbForm"]}
@@ -118,6 +119,60 @@ def test_bootstrap_raises_resamples_until_bounds_are_stable():
     assert lo <= tight["ci"][0] and tight["ci"][1] <= hi and tight["read"] == [lo, hi]
     assert loose["read"] == loose["ci"]
     assert max(tight["bound_spread"]) == pytest.approx(tight["rng_spread"])
+
+
+def test_resampled_interaction_is_the_ratio_of_sums_on_the_drawn_rows():
+    """The vectorised statistic equals ``Design.cells`` + ``contrast`` on each resample's own
+    weights and drawn document replicates (what the bootstrap computed before it was
+    vectorised), to float32 precision."""
+    rows = synth(n_seeds=3, n_corpora=3, doc_noise=0.02)
+    d = Design(rows, "readout")
+    w, doc = draw_resamples(d, np.random.default_rng(5), 300)
+    assert w.shape == doc.shape == (len(rows), 300)
+    got = resampled_interaction(d, w, doc)
+    i = np.arange(len(rows))[:, None]
+    want = contrast(d.cells(w.T.astype(float), d.rep_num[i, doc].T, d.rep_den[i, doc].T))
+    ok = np.isfinite(want)
+    assert ok.sum() > 250 and np.array_equal(ok, np.isfinite(got))
+    assert np.allclose(got[ok], want[ok], rtol=0, atol=2e-5)
+    # each seed's rows share one drawn document replicate and one seed weight
+    for s in range(len(d.seeds)):
+        m = d.s == s
+        assert (doc[m] == doc[m][0]).all()
+
+
+def test_draw_counts_resample_each_member_list_within_itself():
+    rng = np.random.default_rng(0)
+    members = [np.array([0, 2, 5]), np.array([1, 4])]
+    counts = _within(rng, members, 6, 2000)
+    assert counts.shape == (6, 2000)
+    assert (counts[[0, 2, 5]].sum(0) == 3).all() and (counts[[1, 4]].sum(0) == 2).all()
+    assert (counts[3] == 0).all()
+    assert counts[[0, 2, 5]].mean(1) == pytest.approx([1, 1, 1], abs=0.06)
+
+
+def test_resample_count_jumps_by_the_square_root_law_and_stops_at_the_cap():
+    # spread 0.035 at 2,000: 1.2 * 3.5^2 = 14.7 -> four doublings
+    assert next_count(2000, 0.035, 0.01, 8_192_000) == 32000
+    assert next_count(2000, 0.011, 0.01, 8_192_000) == 4000      # at least one doubling
+    assert next_count(2000, 1.0, 0.01, 8000) == 8000              # never past the cap
+    assert next_count(8000, 1.0, 0.01, 8000) == 8000              # cannot double: stop
+    d = Design(synth(n_seeds=3), "readout")
+    res = stable_bootstrap(d, n_boot=200, max_boot=200 * 2 ** 10, n_rng=4, tolerance=0.01)
+    assert res["counts"][0] == 200 and res["counts"] == sorted(res["counts"])
+    assert res["stable"] and res["rng_spread"] < 0.01
+    assert len(res["counts"]) < 10  # fewer rounds than doubling one at a time
+
+
+def test_mixed_model_keeps_the_highest_reml_likelihood():
+    """Of the optimizers tried, the kept fit has the highest REML log-likelihood, and no
+    optimizer restarted from it climbs higher; the interval covers the planted effect."""
+    import statsmodels.formula.api as smf  # noqa: F401  (the study extra)
+
+    res = mixed_model(Design(synth(effect=0.1, n_seeds=4), "readout"))
+    assert res["llf"] >= max(res["llf_by_optimizer"].values()) - 1e-9
+    assert set(res["llf_by_optimizer"]) >= {"lbfgs", "powell", "nm"}
+    assert res["ci"][0] < 0.1 < res["ci"][1] and res["ci"][0] > 0
 
 
 def test_document_replicates_widen_the_bootstrap():

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from lensbias.sweep.stats import MAX_BOOT
+
 
 @click.command()
 @click.argument("config", type=click.Path(path_type=Path))
@@ -27,9 +29,10 @@ import click
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch intra-op threads per cell [default: the config's `threads`, else "
                    "cores // jobs in a pool, else 1 on <= 2 cores].")
-@click.option("--max-boot", type=click.IntRange(min=100), default=32000, show_default=True,
-              help="Most cluster-bootstrap resamples per interval: they start at 2,000 and "
-                   "double until each bound moves by < 0.01 across 10 RNG seeds.")
+@click.option("--max-boot", type=click.IntRange(min=100), default=MAX_BOOT, show_default=True,
+              help="Most cluster-bootstrap resamples per interval and RNG seed: they start "
+                   "at 2,000 and double until each bound moves by < 0.01 across 10 RNG "
+                   "seeds (a design that needs the cap: about 2 min on 2 cores).")
 def sweep(config: Path, out: Path, jobs: int, executor: str, address: str | None,
           cpus_per_cell: float, gpus_per_cell: float, quick: bool, quiet: bool,
           threads: int | None, max_boot: int) -> None:

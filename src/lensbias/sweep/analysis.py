@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from lensbias.sweep.config import MORE_IS_LESS
-from lensbias.sweep.stats import (READINGS, entering, method_label, row_calib_domain,
+from lensbias.sweep.stats import (MAX_BOOT, READINGS, entering, method_label, row_calib_domain,
                                   study_kinds)
 
 THRESHOLD = 0.5
@@ -355,7 +355,7 @@ def _boot_mean(items: list[tuple[Any, str, float]], n_boot: int, rng: np.random.
 
 
 def analyse(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0,
-            study_boot: int = 2000, study_max_boot: int = 32000) -> dict[str, Any]:
+            study_boot: int = 2000, study_max_boot: int = MAX_BOOT) -> dict[str, Any]:
     """The study's interactions (``inversion``: ``sweep.stats``, three readings, three
     intervals; ``study_boot`` = 0 skips it), the per-row readout interaction of the first study (``interaction``), phase
     curves, anisotropy vs loss and the model view for one table."""
