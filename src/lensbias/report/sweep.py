@@ -273,6 +273,17 @@ def _scatter(av: dict[str, Any]) -> str:
             f"{chart}</section>")
 
 
+def _stability(boot: Any) -> str:
+    """How many of the model view's intervals settled across bootstrap RNG seeds."""
+    if not isinstance(boot, dict) or not boot.get("n_intervals"):
+        return ""
+    return (f" ({boot['n_stable']} of {boot['n_intervals']} intervals with both bounds "
+            f"moving by less than {boot.get('tolerance')} across {boot.get('n_rng')} RNG "
+            f"seeds, at up to {boot.get('max_n_boot'):,} resamples"
+            + ("; the others: the envelope over those seeds)"
+               if boot["n_stable"] < boot["n_intervals"] else ")"))
+
+
 def _models(view: dict[str, Any]) -> str:
     rows = view.get("rows", [])
     if not rows:
@@ -316,7 +327,8 @@ def _models(view: dict[str, Any]) -> str:
                f"A's readout (A's probe on B), the readout after a label-free re-alignment; "
                f"Σ (accuracy − baseline) / Σ (acc A − baseline), the baseline each row's floor "
                f"(majority where a seed's own test found no context), 95% bootstrap over "
-               f"seeds and concepts.</p>{read_table}" if read_table else "")
+               f"seeds and concepts{_stability(view.get('bootstrap'))}.</p>{read_table}"
+               if read_table else "")
             + "</section>")
 
 

@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 
 from lensbias.sweep.config import MORE_IS_LESS
-from lensbias.sweep.stats import (MAX_BOOT, READINGS, entering, method_label, row_calib_domain,
-                                  study_kinds)
+from lensbias.sweep.stats import (MAX_BOOT, READINGS, entering, method_label, resample_counts,
+                                  row_calib_domain, stable_interval, study_kinds)
 
 THRESHOLD = 0.5
 DOMAINS = ("code", "prose")
@@ -254,11 +254,21 @@ def model_view(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0,
     contextual concepts (``stats.study_kinds``; the rows ``stats.entering`` lets into the
     study) as a ratio of sums, Σ (x − baseline) / Σ (acc_A − baseline), as the study's
     interaction computes it. Intervals: percentile bootstrap resampling seeds and, within
-    them, concepts. Returns ``{"rows": [{model, domain, bpb_a, gain, gain_ci, acc_a,
+    them, concepts, from ``n_boot`` resamples raised until both bounds move by less than
+    0.01 across 10 RNG seeds (``stats.stable_interval``; the envelope over them where the
+    cap came first). Returns ``{"rows": [{model, domain, bpb_a, gain, gain_ci, acc_a,
     survival, survival_ci, context_gain, context_gain_ci, n_contextual, readings: [{method,
-    level, n_rows, n_concepts, n_seeds, READING: {value, ci}}], n_concepts, n_seeds}]}``.
+    level, n_rows, n_concepts, n_seeds, READING: {value, ci}}], n_concepts, n_seeds}],
+    "bootstrap": {n_intervals, n_stable, max_rng_spread, max_n_boot, n_rng, tolerance}}``.
     """
-    rng = np.random.default_rng(seed)
+    checks: list[dict[str, Any]] = []
+
+    def boot_mean(items: list[tuple[Any, str, float]]) -> tuple[Any, Any]:
+        point, ci, check = _boot_mean(items, n_boot, seed, confidence)
+        if check:
+            checks.append(check)
+        return point, ci
+
     kinds = study_kinds(rows)
     contextual = entering(rows, "contextual", kinds)
     out = []
@@ -273,13 +283,12 @@ def model_view(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0,
             for r in sub:
                 if _ok(r.get("acc_a")) and _ok(r.get("majority")):
                     a_rows.setdefault((r.get("seed"), r["concept"], r["hook"]), r)
-            gain = _boot_mean([(k[0], k[1], float(r["acc_a"]) - float(r["majority"]))
-                               for k, r in a_rows.items()], n_boot, rng, confidence)
-            surv = _boot_mean([(r.get("seed"), r["concept"], float(r["survival"]))
-                               for r in _rows_with_survival(sub)], n_boot, rng, confidence)
-            ctx = _boot_mean([(k[0], k[1], float(r["context_gain"]))
-                              for k, r in a_rows.items() if _ok(r.get("context_gain"))],
-                             n_boot, rng, confidence)
+            gain = boot_mean([(k[0], k[1], float(r["acc_a"]) - float(r["majority"]))
+                              for k, r in a_rows.items()])
+            surv = boot_mean([(r.get("seed"), r["concept"], float(r["survival"]))
+                              for r in _rows_with_survival(sub)])
+            ctx = boot_mean([(k[0], k[1], float(r["context_gain"]))
+                             for k, r in a_rows.items() if _ok(r.get("context_gain"))])
             out.append({"model": model, "domain": dom,
                         "context_gain": ctx[0], "context_gain_ci": ctx[1],
                         "n_contextual": len({c for (m, _h, c), v in kinds.items()
@@ -287,7 +296,8 @@ def model_view(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0,
                                              and c in {k[1] for k in a_rows}}),
                         "readings": _model_readings(
                             [r for r in contextual if str(r.get("model")) == model
-                             and r.get("concept_domain") == dom], n_boot, rng, confidence),
+                             and r.get("concept_domain") == dom], n_boot, seed, confidence,
+                            checks),
                         "bpb_a": float(np.mean(bpb)) if bpb else None,
                         "acc_a": float(np.mean([r["acc_a"] for r in a_rows.values()]))
                         if a_rows else None,
@@ -295,11 +305,16 @@ def model_view(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0,
                         "survival_ci": surv[1],
                         "n_concepts": len({k[1] for k in a_rows}),
                         "n_seeds": len({k[0] for k in a_rows})})
-    return {"rows": out}
+    spreads = [c["rng_spread"] for c in checks if c.get("rng_spread") is not None]
+    return {"rows": out, "bootstrap": {
+        "n_intervals": len(checks), "n_stable": sum(bool(c["stable"]) for c in checks),
+        "max_rng_spread": max(spreads) if spreads else None,
+        "max_n_boot": max((c["n_boot"] for c in checks), default=None),
+        "n_rng": 10, "tolerance": 0.01}}
 
 
-def _model_readings(rows: list[dict[str, Any]], n_boot: int, rng: np.random.Generator,
-                    confidence: float) -> list[dict[str, Any]]:
+def _model_readings(rows: list[dict[str, Any]], n_boot: int, seed: int, confidence: float,
+                    checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (method, level): each reading's ratio-of-sums survival with its interval."""
     groups: dict[tuple[str, Any], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
@@ -313,19 +328,28 @@ def _model_readings(rows: list[dict[str, Any]], n_boot: int, rng: np.random.Gene
                for r in group]
         for reading, field in READINGS.items():
             num = [float(r[field]) - float(r["baseline"]) for r in group]
-            value, ci = _boot_ratio(den, num, n_boot, rng, confidence)
+            value, ci, check = _boot_ratio(den, num, n_boot, seed, confidence)
             entry[reading] = {"value": value, "ci": ci}
+            if check:
+                checks.append(check)
         out.append(entry)
     return out
 
 
-def _boot_ratio(den: list[tuple[Any, str, float]], num: list[float], n_boot: int,
-                rng: np.random.Generator, confidence: float
-                ) -> tuple[float | None, list[float] | None]:
+BOOT_BLOCK = 8192
+"""Resamples per block in ``_boot_ratio`` (a ``[rows, block]`` weight array at a time)."""
+
+
+def _boot_ratio(den: list[tuple[Any, str, float]], num: list[float], n_boot: int, seed: int,
+                confidence: float, max_boot: int = MAX_BOOT
+                ) -> tuple[float | None, list[float] | None, dict[str, Any] | None]:
     """Σ num / Σ den over (seed, concept, den) items, with a percentile bootstrap CI whose
-    replicate weights draw seeds, then concepts."""
+    replicate weights draw seeds, then concepts; the resample count (from ``n_boot``) is
+    raised until both bounds move by less than 0.01 across 10 RNG seeds
+    (``stats.stable_interval``; the envelope over them where ``max_boot`` came first).
+    Returns ``(point, ci, {stable, n_boot, rng_spread})``."""
     if not den:
-        return None, None
+        return None, None, None
     seeds = sorted({i[0] for i in den}, key=str)
     concepts = sorted({i[1] for i in den})
     sx = np.array([seeds.index(i[0]) for i in den])
@@ -334,23 +358,30 @@ def _boot_ratio(den: list[tuple[Any, str, float]], num: list[float], n_boot: int
     n = np.array(num, float)
     point = float(n.sum() / d.sum()) if d.sum() > 0 else None
     if point is None or n_boot <= 0 or len(den) < 2:
-        return point, None
-    w = _draw_counts(rng, len(seeds), n_boot)[:, sx] * _draw_counts(rng, len(concepts),
-                                                                    n_boot)[:, cx]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        reps = (w @ n) / (w @ d)
-    reps = reps[np.isfinite(reps) & ((w @ d) > 0)]
-    if not len(reps):
-        return point, None
-    tail = (1 - confidence) / 2 * 100
-    return point, [float(np.percentile(reps, tail)), float(np.percentile(reps, 100 - tail))]
+        return point, None, None
+
+    def replicates(n_total: int, rng_seed: int) -> np.ndarray:
+        rng = np.random.default_rng([seed, rng_seed, 245])
+        out = np.empty(n_total)
+        for start in range(0, n_total, BOOT_BLOCK):
+            k = min(BOOT_BLOCK, n_total - start)
+            w = (resample_counts(rng, [np.arange(len(seeds))], len(seeds), k)[sx]
+                 * resample_counts(rng, [np.arange(len(concepts))], len(concepts), k)[cx])
+            wd = d @ w
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[start:start + k] = np.where(wd > 0, (n @ w) / wd, np.nan)
+        return out
+
+    res = stable_interval(replicates, n_boot, max_boot, confidence=confidence)
+    return point, res["read"], {k: res[k] for k in ("stable", "n_boot", "rng_spread")}
 
 
-def _boot_mean(items: list[tuple[Any, str, float]], n_boot: int, rng: np.random.Generator,
-               confidence: float) -> tuple[float | None, list[float] | None]:
+def _boot_mean(items: list[tuple[Any, str, float]], n_boot: int, seed: int,
+               confidence: float
+               ) -> tuple[float | None, list[float] | None, dict[str, Any] | None]:
     """Mean of (seed, concept, value) items and a bootstrap CI over seeds, then concepts:
     ``_boot_ratio`` with every denominator 1."""
-    return _boot_ratio([(i[0], i[1], 1.0) for i in items], [i[2] for i in items], n_boot, rng,
+    return _boot_ratio([(i[0], i[1], 1.0) for i in items], [i[2] for i in items], n_boot, seed,
                        confidence)
 
 

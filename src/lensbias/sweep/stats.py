@@ -49,6 +49,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -196,7 +197,7 @@ def seed_t(design: Design, confidence: float = CONFIDENCE) -> dict[str, Any]:
     return out
 
 
-def _within(rng: np.random.Generator, members: list[np.ndarray], size: int, n: int
+def resample_counts(rng: np.random.Generator, members: list[np.ndarray], size: int, n: int
             ) -> Float[np.ndarray, "size n"]:
     """``[size, n]`` draw counts: each member list (indices into size) resampled within
     itself, ``n`` times (``bincount`` over offset draws: ``np.add.at`` cost more than the
@@ -217,10 +218,10 @@ def draw_resamples(design: Design, rng: np.random.Generator, n: int
     corp = [np.flatnonzero(design.corpus_domain == c) for c in range(2)]
     grps = [np.flatnonzero(design.group_domain == d) for d in range(2)]
     in_group = [np.flatnonzero(design.concept_group == g) for g in range(len(design.groups))]
-    ws = _within(rng, [np.arange(len(design.seeds))], len(design.seeds), n)
-    wk = _within(rng, corp, len(design.corpora), n)
-    wg = _within(rng, grps, len(design.groups), n)
-    wj = _within(rng, in_group, len(design.concepts), n) * wg[design.concept_group]
+    ws = resample_counts(rng, [np.arange(len(design.seeds))], len(design.seeds), n)
+    wk = resample_counts(rng, corp, len(design.corpora), n)
+    wg = resample_counts(rng, grps, len(design.groups), n)
+    wj = resample_counts(rng, in_group, len(design.concepts), n) * wg[design.concept_group]
     doc = rng.integers(0, design.n_rep, (len(design.seeds), n), dtype=np.int32)
     return ws[design.s] * wk[design.k] * wj[design.j], doc[design.s]
 
@@ -259,8 +260,9 @@ MAX_BOOT = 8_192_000
 spends about 2 min 10 s on its 10 RNG seeds there."""
 
 
-def _bounds(design: Design, n_boot: int, rng_seed: int, alpha: float) -> list[float]:
-    reps = bootstrap_replicates(design, n_boot, rng_seed)
+def _bounds(replicates: Callable[[int, int], np.ndarray], n_boot: int, rng_seed: int,
+            alpha: float) -> list[float]:
+    reps = replicates(n_boot, rng_seed)
     reps = reps[np.isfinite(reps)]
     return ([float(np.quantile(reps, alpha)), float(np.quantile(reps, 1 - alpha))]
             if len(reps) else [math.nan, math.nan])
@@ -281,8 +283,19 @@ def stable_bootstrap(design: Design, n_boot: int = 2000, max_boot: int = MAX_BOO
                      n_rng: int = 10, tolerance: float = TOLERANCE,
                      confidence: float = CONFIDENCE, workers: int | None = None
                      ) -> dict[str, Any]:
-    """Percentile interval of the cluster bootstrap, with the resample count raised until
-    each bound moves by less than ``tolerance`` across ``n_rng`` RNG seeds.
+    """The cluster bootstrap's percentile interval, stable across RNG seeds
+    (``stable_interval`` over ``bootstrap_replicates``)."""
+    return stable_interval(lambda n, r: bootstrap_replicates(design, n, r), n_boot, max_boot,
+                           n_rng, tolerance, confidence, workers)
+
+
+def stable_interval(replicates: Callable[[int, int], np.ndarray], n_boot: int = 2000,
+                    max_boot: int = MAX_BOOT, n_rng: int = 10, tolerance: float = TOLERANCE,
+                    confidence: float = CONFIDENCE, workers: int | None = None
+                    ) -> dict[str, Any]:
+    """Percentile interval of ``replicates(n, rng_seed)`` (``n`` bootstrap replicates drawn
+    with that RNG seed; NaN: undefined), with the resample count raised until each bound
+    moves by less than ``tolerance`` across ``n_rng`` RNG seeds.
 
     The count starts at ``n_boot`` and is doubled, as many times at once as the spread
     reached predicts (``next_count``), up to ``max_boot``. The RNG seeds run in ``workers``
@@ -303,7 +316,8 @@ def stable_bootstrap(design: Design, n_boot: int = 2000, max_boot: int = MAX_BOO
             threadpool_limits(1):
         while True:
             counts.append(n_boot)
-            bounds = list(pool.map(lambda r: _bounds(design, n_boot, r, alpha), range(n_rng)))
+            bounds = list(pool.map(lambda r: _bounds(replicates, n_boot, r, alpha),
+                                   range(n_rng)))
             b = np.array(bounds)
             spread = float(np.max(b.max(axis=0) - b.min(axis=0))) if np.isfinite(b).all() \
                 else math.nan
