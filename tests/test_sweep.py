@@ -505,6 +505,7 @@ def test_interaction_matches_hand_computation():
     lo, hi = row["ci"]
     assert lo <= 0.7 <= hi and lo < hi  # code concepts vary, so the interval is not a point
     assert row["n_seeds"] == 2 and row["n_concepts"] == {"code": 2, "prose": 2}
+    assert row["stable"] and row["rng_spread"] < 0.01  # bounds settled across RNG seeds
     assert interaction(hand_rows(), n_boot=500, seed=1) == result  # seeded
     missing = [r for r in hand_rows() if r["calib"] == "code"]
     assert interaction(missing)["rows"][0]["interaction"] is None

@@ -178,7 +178,8 @@ def _interaction(inter: dict[str, Any]) -> str:
     return (f"<section id='interaction'><h2>The first study's interaction (readout, per-row "
             f"means)</h2><p>{esc(inter.get('definition', ''))}; S is the mean of per-row "
             f"readouts over every concept, token identity included. Interval: percentile "
-            f"bootstrap over seeds and concepts. Kept for comparison with the first study; "
+            f"bootstrap over seeds and concepts (resamples raised until both bounds move by "
+            f"less than 0.01 across 10 RNG seeds). Kept for comparison with the first study; "
             f"the section above is the analysis to read.</p>{chart}{table}</section>")
 
 

@@ -50,9 +50,15 @@ def _rows_with_survival(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if _ok(r.get("survival"))]
 
 
+BOOT_BLOCK = 8192
+"""Resamples per block in this module's bootstraps (a ``[rows, block]`` weight array at a time)."""
+
+
 def interaction(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0,
                 confidence: float = 0.95) -> dict[str, Any]:
-    """Calibration domain × concept domain interaction per (method, level), with a bootstrap CI.
+    """Calibration domain × concept domain interaction per (method, level), with a bootstrap CI
+    over seeds and, within each domain, concepts (from ``n_boot`` resamples raised until
+    both bounds move by less than 0.01 across 10 RNG seeds: ``stats.stable_interval``).
 
     Returns ``{"definition", "confidence", "n_boot", "rows": [{method, param, level,
     interaction, ci: [lo, hi] | None, means: {"code|code": S(code concepts | code calib),
@@ -64,11 +70,10 @@ def interaction(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0,
         if row_calib_domain(r) in DOMAINS and r.get("concept_domain") in DOMAINS:
             groups[(method_label(r), r.get("param"), r["level"])].append({
                 **r, "calib": row_calib_domain(r)})  # a corpus counts as its domain
-    rng = np.random.default_rng(seed)
     out = []
     for (method, param, level), group in sorted(groups.items(), key=lambda kv: _gkey(kv[0])):
         out.append({"method": method, "param": param, "level": level,
-                    **_interaction_group(group, n_boot, rng, confidence)})
+                    **_interaction_group(group, n_boot, seed, confidence)})
     return {"definition": "S(code|code calib) - S(code|prose calib) - "
                           "[S(prose|code calib) - S(prose|prose calib)]",
             "confidence": confidence, "n_boot": n_boot, "rows": out}
@@ -78,7 +83,7 @@ def _gkey(key: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple((0, x, "") if _ok(x) else (1, 0, str(x)) for x in key)
 
 
-def _interaction_group(group: list[dict[str, Any]], n_boot: int, rng: np.random.Generator,
+def _interaction_group(group: list[dict[str, Any]], n_boot: int, seed: int,
                        confidence: float) -> dict[str, Any]:
     seeds = sorted({r["seed"] for r in group})
     concepts = {d: sorted({r["concept"] for r in group if r["concept_domain"] == d})
@@ -98,37 +103,32 @@ def _interaction_group(group: list[dict[str, Any]], n_boot: int, rng: np.random.
     if any(v is None for v in means.values()):
         return {"interaction": None, "ci": None, **info}
     value = _contrast(means)
-    # replicate weights: how often each seed / concept was drawn
-    w_seed = _draw_counts(rng, len(seeds), n_boot)
-    w_concept = {d: _draw_counts(rng, len(concepts[d]), n_boot) for d in DOMAINS}
-    w = w_seed[:, si]
-    for i, d in enumerate(DOMAINS):
-        rows_d = dom == i
-        w[:, rows_d] *= w_concept[d][:, ci_[rows_d]]
-    reps = {}
-    for (d, c), m in masks.items():
-        num = (w[:, m] * s[m]).sum(axis=1)
-        den = w[:, m].sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            reps[f"{d}|{c}"] = num / den
-    stat = _contrast(reps)
-    stat = stat[np.isfinite(stat)]
-    alpha = (1 - confidence) / 2
-    ci = ([float(np.quantile(stat, alpha)), float(np.quantile(stat, 1 - alpha))]
-          if stat.size else None)
-    return {"interaction": float(value), "ci": ci, "n_valid_boot": int(stat.size), **info}
+    onehot = np.zeros((4, len(group)))
+    for k, m in enumerate(masks.values()):  # code|code, code|prose, prose|code, prose|prose
+        onehot[k, m] = 1
+
+    def replicates(n_total: int, rng_seed: int) -> np.ndarray:
+        rng_ = np.random.default_rng([seed, rng_seed, 53])
+        out = np.empty(n_total)
+        for start in range(0, n_total, BOOT_BLOCK):
+            k = min(BOOT_BLOCK, n_total - start)
+            w = resample_counts(rng_, [np.arange(len(seeds))], len(seeds), k)[si]
+            for i, d in enumerate(DOMAINS):
+                rows_d = dom == i
+                n_d = len(concepts[d])  # concepts are resampled within their domain
+                w[rows_d] *= resample_counts(rng_, [np.arange(n_d)], n_d, k)[ci_[rows_d]]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cell = (onehot @ (w * s[:, None])) / (onehot @ w)
+                out[start:start + k] = (cell[0] - cell[1]) - (cell[2] - cell[3])
+        return out
+
+    res = stable_interval(replicates, n_boot, MAX_BOOT, confidence=confidence)
+    return {"interaction": float(value), "ci": res["read"], "stable": res["stable"],
+            "n_boot": res["n_boot"], "rng_spread": res["rng_spread"], **info}
 
 
 def _contrast(m: dict[str, Any]) -> Any:
     return (m["code|code"] - m["code|prose"]) - (m["prose|code"] - m["prose|prose"])
-
-
-def _draw_counts(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarray:
-    """``[n_boot, n]``: times each of n items was drawn in a resample of size n."""
-    draws = rng.integers(0, n, size=(n_boot, n))
-    counts = np.zeros((n_boot, n))
-    np.add.at(counts, (np.repeat(np.arange(n_boot), n), draws.ravel()), 1)
-    return counts
 
 
 def collapse_threshold(levels: list[float], survival: list[float], descending: bool = False,
@@ -334,10 +334,6 @@ def _model_readings(rows: list[dict[str, Any]], n_boot: int, seed: int, confiden
                 checks.append(check)
         out.append(entry)
     return out
-
-
-BOOT_BLOCK = 8192
-"""Resamples per block in ``_boot_ratio`` (a ``[rows, block]`` weight array at a time)."""
 
 
 def _boot_ratio(den: list[tuple[Any, str, float]], num: list[float], n_boot: int, seed: int,
