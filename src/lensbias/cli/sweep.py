@@ -32,7 +32,7 @@ from lensbias.sweep.stats import MAX_BOOT
 @click.option("--max-boot", type=click.IntRange(min=100), default=MAX_BOOT, show_default=True,
               help="Most cluster-bootstrap resamples per interval and RNG seed: they start "
                    "at 2,000 and double until each bound moves by < 0.01 across 10 RNG "
-                   "seeds (a design that needs the cap: about 2 min on 2 cores).")
+                   "seeds (a design that needs the cap: about 2.5 min on 2 cores).")
 def sweep(config: Path, out: Path, jobs: int, executor: str, address: str | None,
           cpus_per_cell: float, gpus_per_cell: float, quick: bool, quiet: bool,
           threads: int | None, max_boot: int) -> None:

@@ -35,8 +35,9 @@ from typing import Any
 import numpy as np
 
 from lensbias.sweep.config import MORE_IS_LESS
-from lensbias.sweep.stats import (MAX_BOOT, READINGS, entering, method_label, resample_counts,
-                                  row_calib_domain, stable_interval, study_kinds)
+from lensbias.sweep.stats import (CELLS, MAX_BOOT, READINGS, contrast, entering, method_label,
+                                  resample_counts, row_calib_domain, stable_interval,
+                                  study_kinds)
 
 THRESHOLD = 0.5
 DOMAINS = ("code", "prose")
@@ -102,9 +103,9 @@ def _interaction_group(group: list[dict[str, Any]], n_boot: int, seed: int,
             "n_concepts": {d: len(concepts[d]) for d in DOMAINS}, "means": means}
     if any(v is None for v in means.values()):
         return {"interaction": None, "ci": None, **info}
-    value = _contrast(means)
+    value = contrast(means)
     onehot = np.zeros((4, len(group)))
-    for k, m in enumerate(masks.values()):  # code|code, code|prose, prose|code, prose|prose
+    for k, m in enumerate(masks.values()):  # in stats.CELLS order
         onehot[k, m] = 1
 
     def replicates(n_total: int, rng_seed: int) -> np.ndarray:
@@ -119,16 +120,12 @@ def _interaction_group(group: list[dict[str, Any]], n_boot: int, seed: int,
                 w[rows_d] *= resample_counts(rng_, [np.arange(n_d)], n_d, k)[ci_[rows_d]]
             with np.errstate(invalid="ignore", divide="ignore"):
                 cell = (onehot @ (w * s[:, None])) / (onehot @ w)
-                out[start:start + k] = (cell[0] - cell[1]) - (cell[2] - cell[3])
+                out[start:start + k] = contrast(dict(zip(CELLS, cell)))
         return out
 
     res = stable_interval(replicates, n_boot, MAX_BOOT, confidence=confidence)
     return {"interaction": float(value), "ci": res["read"], "stable": res["stable"],
             "n_boot": res["n_boot"], "rng_spread": res["rng_spread"], **info}
-
-
-def _contrast(m: dict[str, Any]) -> Any:
-    return (m["code|code"] - m["code|prose"]) - (m["prose|code"] - m["prose|prose"])
 
 
 def collapse_threshold(levels: list[float], survival: list[float], descending: bool = False,

@@ -145,6 +145,18 @@ class Design:
             a = np.array([_num(v) for v in rep["acc_a"]]) - b
             ok = np.isfinite(x) & np.isfinite(a)
             self.rep_num[i, ok], self.rep_den[i, ok] = x[ok], a[ok]
+        # what every bootstrap block reuses: who is resampled within what, the rows' cells
+        # (code|code, code|prose, prose|code, prose|prose) and the replicates in float32
+        self.members = {
+            "seed": [np.arange(len(self.seeds))],
+            "corpus": [np.flatnonzero(self.corpus_domain == c) for c in range(2)],
+            "group": [np.flatnonzero(self.group_domain == d) for d in range(2)],
+            "concept": [np.flatnonzero(self.concept_group == g) for g in range(len(self.groups))]}
+        self.onehot = np.zeros((4, len(rows)), np.float32)
+        self.onehot[self.dom * 2 + self.cal, np.arange(len(rows))] = 1
+        self.rep_offset = (np.arange(len(rows), dtype=np.int32) * self.n_rep)[:, None]
+        self.rep_num32 = self.rep_num.astype(np.float32).ravel()
+        self.rep_den32 = self.rep_den.astype(np.float32).ravel()
 
     def cells(self, weights: np.ndarray, num: np.ndarray, den: np.ndarray) -> dict[str, Any]:
         """S(d|c) for weights ``[B, rows]`` and values ``[B, rows]`` (or ``[rows]``)."""
@@ -161,6 +173,10 @@ class Design:
         w = np.ones(len(self.rows)) if mask is None else mask.astype(float)
         means = {k: float(v) for k, v in self.cells(w, self.num, self.den).items()}
         return float(contrast(means)), means
+
+
+CELLS = ("code|code", "code|prose", "prose|code", "prose|prose")
+"""The four S(concept domain | calibration domain), in ``Design.onehot``'s row order."""
 
 
 def contrast(m: dict[str, Any]) -> Any:
@@ -215,13 +231,11 @@ def draw_resamples(design: Design, rng: np.random.Generator, n: int
                    ) -> tuple[Float[np.ndarray, "rows n"], Int[np.ndarray, "rows n"]]:
     """``n`` cluster resamples: each row's weight (how often its seed, corpus, group and
     concept were drawn, multiplied) and the document replicate drawn for its seed."""
-    corp = [np.flatnonzero(design.corpus_domain == c) for c in range(2)]
-    grps = [np.flatnonzero(design.group_domain == d) for d in range(2)]
-    in_group = [np.flatnonzero(design.concept_group == g) for g in range(len(design.groups))]
-    ws = resample_counts(rng, [np.arange(len(design.seeds))], len(design.seeds), n)
-    wk = resample_counts(rng, corp, len(design.corpora), n)
-    wg = resample_counts(rng, grps, len(design.groups), n)
-    wj = resample_counts(rng, in_group, len(design.concepts), n) * wg[design.concept_group]
+    m = design.members
+    ws = resample_counts(rng, m["seed"], len(design.seeds), n)
+    wk = resample_counts(rng, m["corpus"], len(design.corpora), n)
+    wg = resample_counts(rng, m["group"], len(design.groups), n)
+    wj = resample_counts(rng, m["concept"], len(design.concepts), n) * wg[design.concept_group]
     doc = rng.integers(0, design.n_rep, (len(design.seeds), n), dtype=np.int32)
     return ws[design.s] * wk[design.k] * wj[design.j], doc[design.s]
 
@@ -231,15 +245,11 @@ def resampled_interaction(design: Design, weights: Float[np.ndarray, "rows n"],
     """The interaction of each resample: ``Design.cells`` on the drawn replicates, as one
     ``[4, rows] @ [rows, n]`` product per sum (rows on the first axis: gathering columns
     of a ``[n, rows]`` array was half of a resample's time)."""
-    n_rows = len(design.rows)
-    onehot = np.zeros((4, n_rows), np.float32)
-    onehot[design.dom * 2 + design.cal, np.arange(n_rows)] = 1  # code|code, code|prose, ...
-    at = (np.arange(n_rows, dtype=np.int32) * design.n_rep)[:, None] + doc
-    num = (onehot @ (weights * design.rep_num.astype(np.float32).ravel()[at])).astype(float)
-    den = (onehot @ (weights * design.rep_den.astype(np.float32).ravel()[at])).astype(float)
+    at = design.rep_offset + doc
+    num = (design.onehot @ (weights * design.rep_num32[at])).astype(float)
+    den = (design.onehot @ (weights * design.rep_den32[at])).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
-        s = num / den
-        return (s[0] - s[1]) - (s[2] - s[3])
+        return contrast(dict(zip(CELLS, num / den)))
 
 
 def bootstrap_replicates(design: Design, n_boot: int, rng_seed: int,
@@ -254,10 +264,11 @@ def bootstrap_replicates(design: Design, n_boot: int, rng_seed: int,
 
 
 MAX_BOOT = 8_192_000
-"""Default cap on the resample count per RNG seed (2,000 doubled twelve times). About 1.6
+"""Default cap on the resample count per RNG seed (2,000 doubled twelve times). About 1.8
 µs of wall clock per resample of 240 rows with the RNG seeds in two threads on 2 cores
-(2.9 µs in one; 6–7 µs before the resamples were vectorised): a design that needs the cap
-spends about 2 min 10 s on its 10 RNG seeds there."""
+(2.8–3.8 µs in one; 5.3–6.8 µs before the resamples were vectorised;
+``benchmarks/bench_study_stats.py``): a design that needs the cap spends about 2.5 min on
+its 10 RNG seeds there."""
 
 
 def _bounds(replicates: Callable[[int, int], np.ndarray], n_boot: int, rng_seed: int,
