@@ -225,6 +225,27 @@ def test_a_float32_decomposition_changes_the_path_not_the_answer(monkeypatch):
     assert (exact.predict(X) == single.predict(X)).mean() >= 0.999
 
 
+@pytest.mark.parametrize("k", [2, 6])
+def test_the_preconditioners_curvature_changes_the_path_not_the_answer(monkeypatch, k):
+    """The q of s = q·λ + l2 (one per binary, one per multi-class problem) only changes how
+    the solver gets there: every q stops at the same objective (within 1e-5), and q is
+    used by the kind of problem it names. (At tolerance 1e-6, so that 'the same' is tight.)"""
+    from lensbias.probes import batched
+
+    X, y = planted(1500, 32, k, seed=11)
+    answers = {}
+    for q in (0.0625, 0.25, 1.0, 4.0):
+        name = "CURVATURE_BINARY" if k == 2 else "CURVATURE_MULTI"
+        monkeypatch.setattr(batched, name, q)
+        answers[q] = fit_batch([Problem(X, y, 1.0)], tol=1e-6)[0]
+    values = [objective(p, X, y) for p in answers.values()]
+    assert max(values) - min(values) < 1e-7
+    assert len({p.n_iter_ for p in answers.values()}) > 1     # the path did change
+    other = "CURVATURE_MULTI" if k == 2 else "CURVATURE_BINARY"
+    monkeypatch.setattr(batched, other, 100.0)                # the other kind's q: unused
+    assert fit_batch([Problem(X, y, 1.0)], tol=1e-6)[0].n_iter_ == answers[4.0].n_iter_
+
+
 def test_log_loss_is_scikit_learns():
     """LinearProbe.log_loss is sklearn's log_loss of the same model's probabilities
     (binary and multiclass), and refuses a label the probe never saw."""

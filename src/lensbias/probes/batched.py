@@ -17,8 +17,9 @@ Per problem, in standardised features Z (``(X − mean) / scale``, as ``LinearPr
   logit for two classes (class 0 is a fixed zero logit), one per class above that;
 - preconditioning: the solver's variable V gives W = (V / √s)·Eᵀ, with E, λ the
   eigenvectors and eigenvalues of Σ = ZᵀZ/n (one decomposition per distinct row array in
-  a stack: the C grid's problems, which sort together, share theirs) and s = λ/4 + l2: the inverse
-  square root of the objective's curvature at zero. In V the penalty is diagonal
+  a stack: the C grid's problems, which sort together, share theirs) and s = q·λ + l2, with
+  q = ``CURVATURE_BINARY`` (1/4: the logistic loss's curvature at zero) for one logit and
+  ``CURVATURE_MULTI`` for several. In V the penalty is diagonal
   (l2/2·Σᵢ ||V·,ᵢ||²/sᵢ); each evaluation maps V to W (a C × D × D product) and the
   gradient back, so the rows Z are never rotated (an N × D × D product per problem);
 - L-BFGS (history 20) with a backtracking Armijo line search; it stops when the largest
@@ -63,6 +64,17 @@ WASTE = 1.15
 a CPU the solve is bound by its matrix products, so stacking saves little there (measured:
 padded stacks were slower, docs/performance.md); on a GPU it replaces many small kernels
 by one."""
+
+
+CURVATURE_BINARY = 0.25
+"""q of the preconditioner s = q·λ + l2 for a binary problem (one logit): the curvature of
+the logistic loss at zero, p(1 − p) at p = 1/2."""
+CURVATURE_MULTI = 1.0
+"""q for a problem with several logits. Measured, not derived: on the default diff's 618
+probes (docs/performance.md) q = 1 needed 24-45% fewer iterations than 1/4 on every group of
+multi-class problems (3 to 26 classes; 1/16, 1/8, 1/2, 2 and 4 were also tried), while binary
+problems needed 11-22% more, so each keeps its own. The objective is strictly convex: q changes
+the path, not where the solver stops (up to ``tol``)."""
 
 
 EIGH_FLOAT32_FROM = 512
@@ -247,7 +259,9 @@ def _solve(prepared: list[dict], max_iter: int, dev: torch.device
     if len(uniq) < K:
         at = torch.tensor([uniq.index(o) for o in owner], device=dev)
         eigval, eigvec = eigval[at], eigvec[at]
-    s = eigval.clamp(min=0)[:, None, :] / 4 + l2[:, None, None]       # [K, 1, D]
+    q = torch.tensor([CURVATURE_BINARY if p["n_out"] == 1 else CURVATURE_MULTI
+                      for p in prepared], dtype=f64, device=dev)
+    s = eigval.clamp(min=0)[:, None, :] * q[:, None, None] + l2[:, None, None]   # [K, 1, D]
     root = torch.sqrt(s).to(torch.float32)
     V = torch.zeros(K, C_max, D, device=dev)
     b = torch.zeros(K, C_max, device=dev)
