@@ -1,13 +1,16 @@
 """Print the tables of docs/study.md (Markdown) from finished sweep folders.
 
     python scripts/study_tables.py study-minilm study-tiny
+    python scripts/study_tables.py --rows-only FOLDER   # only the tables read from the rows
 
 Per folder it reads the finished cells (``lensbias.sweep.read_results``) and the study's
 interaction from ``analysis.json`` (what ``lensbias sweep`` computed from the same cells;
-recomputed when it is missing or from other cells), so every number is the package's.
+recomputed when it is missing or from other cells; ``--rows-only`` skips it and the tables
+built on it), so every number is the package's.
 Tables: who enters (floors and kinds), the interaction per reading with its three
 intervals, the per-corpus survivals behind it, the data-free control (a calibrated
-method's survival against magnitude pruning's at the same level), behaviour per
+method's survival against its data-free counterpart's at the same level: magnitude pruning
+for the pruners, round-to-nearest for GPTQ), behaviour per
 calibration domain, and anisotropy at a fixed level; per model where a folder holds
 several (the training-data view, with its own table first).
 """
@@ -136,24 +139,30 @@ def _survival(rows: list[dict[str, Any]], key: str) -> float:
     return sum(r[key] - r["baseline"] for r in rows) / den if den else float("nan")
 
 
+DATA_FREE = {"sparsity": "magnitude", "bits": "rtn"}
+"""The data-free counterpart of a calibrated method, by the parameter its level sets:
+magnitude pruning (per matrix, attention and MLP) for Wanda and SparseGPT, round-to-nearest
+on the same grid for GPTQ."""
+
+
 def data_free_table(rows: list[dict[str, Any]], kind: str = "contextual") -> None:
     """Each calibrated method's S(code concepts) and S(prose concepts), pooled over the
-    calibration corpora of one domain, beside magnitude pruning's (data-free: it reads no
-    calibration data) at the same level; the difference per seed (same seed: the same probes
-    and data) with a seed-level t interval."""
+    calibration corpora of one domain, beside its data-free counterpart's (``DATA_FREE``: it
+    reads no calibration data) at the same level; the difference per seed (same seed: the
+    same probes and data) with a seed-level t interval."""
     entered = entering(rows, kind)
-    free = [r for r in entered if method_label(r) == "magnitude"]   # per matrix, attn + mlp
+    free = [r for r in entered if method_label(r) == DATA_FREE.get(r.get("param"))]
     entered = [r for r in entered if not _data_free(r)]
     if not free:
-        print("(no magnitude cells)")
+        print("(no data-free cells: magnitude or rtn)")
         return
-    print("| level | reading | method | calibration | S(code) | S(prose) | S(code) − magnitude "
-          "(seed t 95%) | S(prose) − magnitude (seed t 95%) | seeds |")
+    print("| level | reading | method | calibration | S(code) | S(prose) | S(code) − data-free "
+          "(seed t 95%) | S(prose) − data-free (seed t 95%) | seeds |")
     print("|---:|---|---|---|---:|---:|---|---|---:|")
-    for level in sorted({r["level"] for r in free}):
-        base = [r for r in free if r["level"] == level]
-        methods = sorted({r["method"] for r in entered if r["level"] == level}
-                         - {base[0]["method"]})
+    for param, level in sorted({(r["param"], r["level"]) for r in free}):
+        base = [r for r in free if r["param"] == param and r["level"] == level]
+        methods = sorted({r["method"] for r in entered
+                          if r["param"] == param and r["level"] == level})
         for reading, key in READINGS.items():
             name = reading.replace("_", " ")
             ref = {dom: _survival([r for r in base if r["concept_domain"] == dom], key)
@@ -163,8 +172,8 @@ def data_free_table(rows: list[dict[str, Any]], kind: str = "contextual") -> Non
                   f"{len({r['seed'] for r in base})} |")
             for method in methods:
                 for calib in ("code", "prose"):
-                    mine = [r for r in entered if r["method"] == method and r["level"] == level
-                            and row_calib_domain(r) == calib]
+                    mine = [r for r in entered if r["method"] == method and r["param"] == param
+                            and r["level"] == level and row_calib_domain(r) == calib]
                     seeds = sorted({r["seed"] for r in mine} & {r["seed"] for r in base})
                     cells, counts = [], []
                     for dom in ("code", "prose"):
@@ -189,7 +198,11 @@ def data_free_table(rows: list[dict[str, Any]], kind: str = "contextual") -> Non
 
 
 def _data_free(row: dict[str, Any]) -> bool:
-    return str(row["method"]).startswith("magnitude")
+    """A method that reads no calibration data (``needs_inputs`` false: magnitude in every
+    variant, rtn); its calibration corpus is a label of the cell, not an input."""
+    from lensbias.compress.base import METHODS
+
+    return not METHODS[str(row["method"])].needs_inputs
 
 
 def module_group_table(rows: list[dict[str, Any]], kind: str = "contextual") -> None:
@@ -280,39 +293,46 @@ def model_view_table(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    for folder in argv:
-        all_rows, result = load(folder)
+    rows_only = "--rows-only" in argv
+    for folder in [a for a in argv if a != "--rows-only"]:
+        if rows_only:
+            all_rows, result = read_results(folder), None
+        else:
+            all_rows, result = load(folder)
         seconds = {r["cell_id"]: r.get("cell_seconds") or 0.0 for r in all_rows}
-        print(f"# {folder}: {result['n_cells']} cells, {result['n_rows']} rows; "
+        print(f"# {folder}: {len(seconds)} cells, {len(all_rows)} rows; "
               f"sum of cell seconds {sum(seconds.values()) / 60:.1f} min\n")
         models = sorted({str(r["model"]) for r in all_rows})
-        if len(models) > 1:
+        if len(models) > 1 and result:
             print("## The original models (training-data view)\n")
             model_view_table(result)
             print()
         for model in models:
             rows = [r for r in all_rows if str(r["model"]) == model]
-            mine = {**result, "inversion": {**result["inversion"], "rows": [
-                r for r in result["inversion"]["rows"] if r["model"] == model]}}
             if len(models) > 1:
                 print(f"# Model {model}\n")
             print("## Concepts, floors and kinds\n")
             kinds_table(rows)
-            for kind in ("contextual", "token identity"):
-                print(f"\n## Interaction, {kind} concepts\n")
-                inversion_table(mine, kind)
+            if result:
+                mine = {**result, "inversion": {**result["inversion"], "rows": [
+                    r for r in result["inversion"]["rows"] if r["model"] == model]}}
+                for kind in ("contextual", "token identity"):
+                    print(f"\n## Interaction, {kind} concepts\n")
+                    inversion_table(mine, kind)
             print("\n## Survival per calibration corpus (contextual concepts)\n")
             corpus_table(rows)
-            print("\n## The data-free control: calibrated methods against magnitude pruning\n")
+            print("\n## The data-free control: calibrated methods against magnitude pruning "
+                  "and RTN\n")
             data_free_table(rows)
             print("\n## The data-free control by module group and structure\n")
             module_group_table(rows)
             print("\n## Behaviour\n")
             behaviour_table(rows)
             print()
-        print("\n## Anisotropy at a fixed level\n")
-        anisotropy_table(result)
-        print()
+        if result:
+            print("\n## Anisotropy at a fixed level\n")
+            anisotropy_table(result)
+            print()
 
 
 if __name__ == "__main__":
