@@ -1,22 +1,27 @@
 """Lay committed study rows (docs/study/*-results.jsonl.gz) out as one sweep folder.
 
-    python scripts/study_folder.py OUT ROWS.jsonl.gz [ROWS.jsonl.gz ...]
+    python scripts/study_folder.py OUT ROWS.jsonl.gz [ROWS.jsonl.gz ...] [--max-boot N]
 
 OUT gets the journal ``lensbias sweep`` keeps (``results.jsonl`` and ``done``; see
 ``lensbias.sweep.run``), holding every cell of the given files in the order given, so that
 ``lensbias sweep-report OUT``, ``python scripts/study_tables.py OUT`` and
 ``lensbias.sweep.read_results(OUT)`` read the committed rows as they read a finished sweep.
 No cell is rerun, and OUT has no ``cells/`` (the report then links no per-cell page). OUT
-must not exist yet; a cell id found in two files is an error.
+must not exist yet; a cell id found in two files is an error. With ``--max-boot N`` it
+then writes ``OUT/analysis.json`` as ``lensbias sweep --max-boot N`` would at the end of a
+sweep of these cells (``lensbias.sweep.analyse``), and prints how long that took.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
+from lensbias.sweep import analyse, read_results
 from lensbias.sweep.run import DONE, RESULTS
 
 ATTEMPT = "committed"
@@ -43,8 +48,27 @@ def lay_out(out: Path, files: list[Path]) -> int:
     return len(done)
 
 
+def write_analysis(out: Path, max_boot: int) -> float:
+    """``analyse`` the folder's rows into ``out/analysis.json`` (as ``lensbias sweep``);
+    returns the seconds it took."""
+    start = time.perf_counter()
+    result = analyse(read_results(out), study_boot=min(2000, max_boot), study_max_boot=max_boot)
+    tmp = out / ".analysis.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1, allow_nan=False))
+    os.replace(tmp, out / "analysis.json")
+    return time.perf_counter() - start
+
+
 if __name__ == "__main__":
-    if len(sys.argv) < 3:
+    args = sys.argv[1:]
+    max_boot = None
+    if "--max-boot" in args:
+        at = args.index("--max-boot")
+        max_boot = int(args[at + 1])
+        del args[at:at + 2]
+    if len(args) < 2:
         sys.exit(__doc__)
-    n = lay_out(Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]])
-    print(f"{sys.argv[1]}: {n} cells")
+    out = Path(args[0])
+    print(f"{out}: {lay_out(out, [Path(p) for p in args[1:]])} cells", flush=True)
+    if max_boot:
+        print(f"{out / 'analysis.json'}: {write_analysis(out, max_boot):.0f} s", flush=True)

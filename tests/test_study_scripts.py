@@ -107,3 +107,20 @@ def test_study_folder_reads_back_as_a_sweep(tmp_path):
     with pytest.raises(SystemExit, match="is in both"):
         folder.lay_out(tmp_path / "twice", [a, a])
     assert not (tmp_path / "twice").exists()
+
+
+def test_study_folder_writes_the_sweep_analysis(tmp_path):
+    """--max-boot: analysis.json as `lensbias sweep` writes it, of exactly the laid-out cells
+    (so `lensbias sweep-report` reuses its interaction instead of recomputing it)."""
+    folder = _script("study_folder")
+    rows = planted_rows()
+    folder.lay_out(tmp_path / "f", [_gz(tmp_path / "a.jsonl.gz", rows)])
+    assert folder.write_analysis(tmp_path / "f", max_boot=400) >= 0
+    saved = json.loads((tmp_path / "f" / "analysis.json").read_text())
+    assert saved["cell_ids"] == sorted({r["cell_id"] for r in rows})
+    wanda = [r for r in saved["inversion"]["rows"]
+             if r["method"] == "wanda" and r["reading"] == "readout"][0]
+    # planted: [0.8 - 0.5] - [0.6 - 0.9] = +0.6, every seed alike
+    assert wanda["interaction"] == pytest.approx(0.6, abs=1e-9)
+    free = [r for r in saved["inversion"]["rows"] if r["method"] in ("magnitude", "rtn")]
+    assert free and all(r["interaction"] is None for r in free)   # one calibration: none
