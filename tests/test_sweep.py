@@ -712,3 +712,26 @@ def test_sweep_report_names_the_model_on_the_interaction_chart_when_there_are_se
     assert "tiny-code:readout:wanda:0.5" in two and "tiny-prose:readout:wanda:0.5" in two
     one = _inversion({"rows": [row("tiny-code")]})
     assert "tiny-code:readout" not in one and "readout:wanda:0.5" in one
+
+
+def test_sweep_report_names_settings_without_an_interaction_instead_of_listing_them():
+    """A data-free method (one calibration) has no interaction: the study table leaves its
+    rows out and names the setting once, escaped, under the table."""
+    from lensbias.report.sweep import _interaction, _inversion
+
+    def row(method, level, value):
+        return {"model": "m", "hook": "h", "kind": "contextual", "reading": "readout",
+                "method": method, "level": level, "interaction": value,
+                "bootstrap": {"read": [0.1, 0.3]} if value is not None else None,
+                "n_corpora": {}, "n_concepts": {}}
+
+    html = _inversion({"rows": [row("wanda", 0.5, 0.2), row("rtn", 4, None),
+                                row("magnitude@<attn>", 0.5, None)]})
+    table = html[html.index("<table"):html.index("</table>")]
+    assert "wanda" in table and "rtn" not in table and "magnitude" not in table
+    assert "no interaction defined" in html and "rtn 4" in html
+    assert "magnitude@&lt;attn&gt; 0.500" in html
+    first = _interaction({"rows": [{"method": "magnitude", "param": "sparsity", "level": 0.9,
+                                    "interaction": None}]})
+    assert "no interaction defined" in first and "magnitude 0.900" in first
+    assert "<td>magnitude</td>" not in first

@@ -107,6 +107,13 @@ def _inversion(inv: dict[str, Any]) -> str:
         return ("<section id='inversion'><h2>The study's interaction</h2><p>No rows enter: "
                 "it needs calibration corpora of both domains and powered concepts of both "
                 "domains.</p></section>")
+    lacking = sorted({(str(r.get("method")), fmt(r.get("level"))) for r in rows
+                      if r.get("interaction") is None})
+    rows = [r for r in rows if r.get("interaction") is not None]
+    note = (f"<p class='note'>Not in the table, no interaction defined (their cells lack a "
+            f"calibration domain or a concept domain; a data-free method has one calibration "
+            f"and reads none): {esc(', '.join(f'{m} {lv}' for m, lv in lacking))}.</p>"
+            if lacking else "")
     body = []
     for r in rows:
         m = r.get("means") or {}
@@ -128,8 +135,7 @@ def _inversion(inv: dict[str, Any]) -> str:
     table = sortable_table("inversion-table", [
         "model / hook", "kind", "reading", "method", "level", "I", "seed t", "cluster boot",
         "mixed model", "p Holm", "cc", "cp", "pc", "pp", "seeds · corpora · concepts"], body)
-    shown = [r for r in rows if r.get("interaction") is not None
-             and r.get("kind") == "contextual"]
+    shown = [r for r in rows if r.get("kind") == "contextual"]
     several = len({r.get("model") for r in shown}) > 1  # name the model where it varies
     bars = [(f"{r.get('model')}:" * several + f"{r.get('reading')}:{r.get('method')}:"
              f"{r.get('level')}", r.get("interaction"), _boot_ci(r)) for r in shown]
@@ -147,12 +153,19 @@ def _inversion(inv: dict[str, Any]) -> str:
             f"random effects (per-concept readings, each concept weighted equally), p "
             f"Holm-corrected across method × level. All intervals 95%. cc = S(code concepts | "
             f"code calibration), cp = S(code | prose), pc = S(prose | code), pp = S(prose | "
-            f"prose); corpora and concepts are counted code + prose.</p>{chart}{table}"
+            f"prose); corpora and concepts are counted code + prose.</p>{chart}{table}{note}"
             f"</section>")
 
 
 def _interaction(inter: dict[str, Any]) -> str:
     rows = inter.get("rows", [])
+    lacking = sorted({(str(r.get("method")), fmt(r.get("level"))) for r in rows
+                      if r.get("interaction") is None})
+    rows = [r for r in rows if r.get("interaction") is not None]
+    note = (f"<p class='note'>Not in the table, no interaction defined (their cells lack a "
+            f"calibration domain or a concept domain; a data-free method has one calibration "
+            f"and reads none): {esc(', '.join(f'{m} {lv}' for m, lv in lacking))}.</p>"
+            if lacking else "")
     body = []
     for r in rows:
         m = r.get("means") or {}
@@ -167,7 +180,7 @@ def _interaction(inter: dict[str, Any]) -> str:
         "method", "param", "level", "interaction", "95% CI", "S(code | code calib)",
         "S(code | prose calib)", "S(prose | code calib)", "S(prose | prose calib)", "seeds"],
         body)
-    shown = [r for r in rows if r.get("interaction") is not None]
+    shown = rows
     bars = [(f"{r.get('method')}:{r.get('level')}", r.get("interaction"), r.get("ci"))
             for r in shown]
     chart = bar_chart("Interaction (> 0: calibration protects its own domain), 95% interval",
@@ -180,7 +193,7 @@ def _interaction(inter: dict[str, Any]) -> str:
             f"readouts over every concept, token identity included. Interval: percentile "
             f"bootstrap over seeds and concepts (resamples raised until both bounds move by "
             f"less than 0.01 across 10 RNG seeds). Kept for comparison with the first study; "
-            f"the section above is the analysis to read.</p>{chart}{table}</section>")
+            f"the section above is the analysis to read.</p>{chart}{table}{note}</section>")
 
 
 SIDE_COLORS = {"interval above 0": "#1f77b4", "interval below 0": "#d62728",
