@@ -528,6 +528,23 @@ def test_collapse_threshold_and_curves():
     assert curve["collapse_level"] == pytest.approx(2.75)
 
 
+def test_phase_curves_colour_a_corpus_by_its_calibration_domain():
+    """A calibration corpus (corpus:NAME) is drawn in its domain's colour, as the page's
+    legend says; before, every corpus fell back to one brown."""
+    from lensbias.report.sweep import CALIB_COLORS, _curves
+
+    rows = [{"method": "wanda", "param": "sparsity", "level": lv, "calib": calib,
+             "calib_domain": dom, "concept_domain": "code", "survival": 0.5, "cell_id": "c"}
+            for lv in (0.5, 0.7) for calib, dom in (("corpus:stdlib-asyncio", "code"),
+                                                    ("corpus:brown", "prose"))]
+    curves = phase_curves(rows)
+    assert {c["calib"]: c["calib_domain"] for c in curves["curves"]} == {
+        "corpus:stdlib-asyncio": "code", "corpus:brown": "prose"}
+    html = _curves(curves)
+    assert CALIB_COLORS["code"] in html and CALIB_COLORS["prose"] in html
+    assert "#8c564b" not in html
+
+
 def test_anisotropy_vs_loss_spearman():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 2]) == pytest.approx(-0.9486833)  # ties averaged

@@ -245,7 +245,9 @@ def _curves(curves: dict[str, Any]) -> str:
             name = (f"{c.get('concept_domain')} concepts"
                     + ("" if free else f", {c.get('calib')} calibration"))
             series[name] = [at.get(lv) for lv in levels]
-            colors[name] = CALIB_COLORS.get(calib, "#8c564b")
+            # a corpus takes its domain's colour (an older analysis has no calib_domain)
+            colors[name] = CALIB_COLORS.get(
+                calib if free else (c.get("calib_domain") or calib), "#8c564b")
             if c.get("concept_domain") == "prose":
                 dashed.append(name)
             shown_calib = "none (data-free)" if free else c.get("calib")

@@ -151,13 +151,16 @@ def collapse_threshold(levels: list[float], survival: list[float], descending: b
 def phase_curves(rows: list[dict[str, Any]], threshold: float = THRESHOLD) -> dict[str, Any]:
     """Mean survival vs level per (method, calibration domain, concept domain), with thresholds.
 
-    Returns ``{"threshold", "curves": [{method, param, calib, concept_domain, descending,
-    points: [{level, survival, n}], collapse_level}]}`` (points by increasing level).
+    Returns ``{"threshold", "curves": [{method, param, calib, calib_domain, concept_domain,
+    descending, points: [{level, survival, n}], collapse_level}]}`` (points by increasing
+    level; ``calib_domain``: code, prose or None, a corpus's domain).
     """
     acc: dict[tuple[Any, ...], dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
+    domain: dict[tuple[Any, ...], str | None] = {}   # a corpus's calibration domain
     for r in _rows_with_survival(rows):
         key = (method_label(r), r.get("param"), r.get("calib"), r.get("concept_domain") or "none")
         acc[key][r["level"]].append(float(r["survival"]))
+        domain.setdefault(key, row_calib_domain(r))
     curves = []
     for key in sorted(acc, key=_gkey):
         method, param, calib, cdom = key
@@ -166,7 +169,7 @@ def phase_curves(rows: list[dict[str, Any]], threshold: float = THRESHOLD) -> di
         means = [float(np.mean(by_level[lv])) for lv in levels]
         descending = param in MORE_IS_LESS
         curves.append({"method": method, "param": param, "calib": calib,
-                       "concept_domain": cdom, "descending": descending,
+                       "calib_domain": domain[key], "concept_domain": cdom, "descending": descending,
                        "points": [{"level": lv, "survival": m, "n": len(by_level[lv])}
                                   for lv, m in zip(levels, means)],
                        "collapse_level": collapse_threshold(levels, means, descending,
