@@ -101,19 +101,26 @@ def _boot_ci(r: dict[str, Any]) -> Any:
     return (r.get("bootstrap") or {}).get("read")
 
 
+def _with_interaction(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """The rows that have an interaction, and a note naming the settings that have none
+    (their cells lack a calibration or concept domain: a data-free method's one
+    calibration), so a table does not fill with empty rows."""
+    lacking = sorted({(str(r.get("method")), fmt(r.get("level"))) for r in rows
+                      if r.get("interaction") is None})
+    note = (f"<p class='note'>Not in the table, no interaction defined (their cells lack a "
+            f"calibration domain or a concept domain; a data-free method has one calibration "
+            f"and reads none): {esc(', '.join(f'{m} {lv}' for m, lv in lacking))}.</p>"
+            if lacking else "")
+    return [r for r in rows if r.get("interaction") is not None], note
+
+
 def _inversion(inv: dict[str, Any]) -> str:
     rows = inv.get("rows", [])
     if not rows:
         return ("<section id='inversion'><h2>The study's interaction</h2><p>No rows enter: "
                 "it needs calibration corpora of both domains and powered concepts of both "
                 "domains.</p></section>")
-    lacking = sorted({(str(r.get("method")), fmt(r.get("level"))) for r in rows
-                      if r.get("interaction") is None})
-    rows = [r for r in rows if r.get("interaction") is not None]
-    note = (f"<p class='note'>Not in the table, no interaction defined (their cells lack a "
-            f"calibration domain or a concept domain; a data-free method has one calibration "
-            f"and reads none): {esc(', '.join(f'{m} {lv}' for m, lv in lacking))}.</p>"
-            if lacking else "")
+    rows, note = _with_interaction(rows)
     body = []
     for r in rows:
         m = r.get("means") or {}
@@ -159,13 +166,7 @@ def _inversion(inv: dict[str, Any]) -> str:
 
 def _interaction(inter: dict[str, Any]) -> str:
     rows = inter.get("rows", [])
-    lacking = sorted({(str(r.get("method")), fmt(r.get("level"))) for r in rows
-                      if r.get("interaction") is None})
-    rows = [r for r in rows if r.get("interaction") is not None]
-    note = (f"<p class='note'>Not in the table, no interaction defined (their cells lack a "
-            f"calibration domain or a concept domain; a data-free method has one calibration "
-            f"and reads none): {esc(', '.join(f'{m} {lv}' for m, lv in lacking))}.</p>"
-            if lacking else "")
+    rows, note = _with_interaction(rows)
     body = []
     for r in rows:
         m = r.get("means") or {}
