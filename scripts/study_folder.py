@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-from lensbias.sweep import analyse, read_results
+from lensbias.sweep import read_results
+from lensbias.sweep.analysis import write_analysis as sweep_analysis
 from lensbias.sweep.run import DONE, RESULTS
 
 ATTEMPT = "committed"
@@ -49,13 +49,10 @@ def lay_out(out: Path, files: list[Path]) -> int:
 
 
 def write_analysis(out: Path, max_boot: int) -> float:
-    """``analyse`` the folder's rows into ``out/analysis.json`` (as ``lensbias sweep``);
-    returns the seconds it took."""
+    """``lensbias.sweep.analysis.write_analysis`` of the folder's rows (what ``lensbias
+    sweep`` leaves beside its results); returns the seconds it took."""
     start = time.perf_counter()
-    result = analyse(read_results(out), study_boot=min(2000, max_boot), study_max_boot=max_boot)
-    tmp = out / ".analysis.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1, allow_nan=False))
-    os.replace(tmp, out / "analysis.json")
+    sweep_analysis(read_results(out), out, max_boot)
     return time.perf_counter() - start
 
 

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from lensbias.sweep import analyse, read_results
-from lensbias.sweep.stats import (READINGS, entering, method_label, row_calib_domain, study_kinds,
-                                  t_interval)
+from lensbias.sweep.stats import (READINGS, data_free, entering, method_label, row_calib_domain,
+                                  study_kinds, t_interval)
 
 
 def _f(v: Any, digits: int = 3) -> str:
@@ -198,11 +198,7 @@ def data_free_table(rows: list[dict[str, Any]], kind: str = "contextual") -> Non
 
 
 def _data_free(row: dict[str, Any]) -> bool:
-    """A method that reads no calibration data (``needs_inputs`` false: magnitude in every
-    variant, rtn); its calibration corpus is a label of the cell, not an input."""
-    from lensbias.compress.base import METHODS
-
-    return not METHODS[str(row["method"])].needs_inputs
+    return data_free(str(row["method"]))
 
 
 def module_group_table(rows: list[dict[str, Any]], kind: str = "contextual") -> None:

@@ -54,11 +54,9 @@ def sweep(config: Path, out: Path, jobs: int, executor: str, address: str | None
       lensbias sweep sweeps/study-full-tiny.yaml --executor ray --address head:6379
     """
     import dataclasses
-    import json
-    import os
 
     from lensbias.cli.threads import set_threads
-    from lensbias.sweep.analysis import analyse, interaction_table
+    from lensbias.sweep.analysis import interaction_table, write_analysis
     from lensbias.sweep.stats import inversion_table
     from lensbias.sweep.config import cells, load_sweep_config
     from lensbias.sweep.run import read_results, run_sweep
@@ -76,11 +74,8 @@ def sweep(config: Path, out: Path, jobs: int, executor: str, address: str | None
     run_sweep(cfg, out, jobs=jobs, progress=not quiet, executor=executor, address=address,
               cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell)
     rows = read_results(out, cfg)
-    result = analyse(rows, study_boot=min(2000, max_boot), study_max_boot=max_boot)
+    result = write_analysis(rows, out, max_boot)
     target = out / "analysis.json"
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=1, allow_nan=False))
-    os.replace(tmp, target)
     if not quiet:
         click.echo(inversion_table(result["inversion"]))
         click.echo("\nThe first study's analysis (mean per-row readout, every concept kind):")

@@ -181,12 +181,11 @@ def _interaction(inter: dict[str, Any]) -> str:
         "method", "param", "level", "interaction", "95% CI", "S(code | code calib)",
         "S(code | prose calib)", "S(prose | code calib)", "S(prose | prose calib)", "seeds"],
         body)
-    shown = rows
     bars = [(f"{r.get('method')}:{r.get('level')}", r.get("interaction"), r.get("ci"))
-            for r in shown]
+            for r in rows]
     chart = bar_chart("Interaction (> 0: calibration protects its own domain), 95% interval",
                       bars, width=_bar_width(len(bars), 84), groups=[_side(r.get("ci"))
-                                                                     for r in shown],
+                                                                     for r in rows],
                       colors=SIDE_COLORS, y_label="interaction (survival)",
                       x_label="method:level")
     return (f"<section id='interaction'><h2>The first study's interaction (readout, per-row "
@@ -219,14 +218,13 @@ def _side(ci: Any) -> str:
 
 
 def _data_free(method: str) -> bool:
-    """True for a method that uses no calibration data (magnitude: weights alone); its
-    calibration domain is a label of the cell, not an input. ``@targets`` is stripped."""
+    """``sweep.stats.data_free``; False where it cannot be imported (the report still
+    renders without torch)."""
     try:
-        from lensbias.compress.base import METHODS
-    except ImportError:  # pragma: no cover - the report still renders without torch
+        from lensbias.sweep.stats import data_free
+    except ImportError:  # pragma: no cover
         return False
-    known = METHODS.get(method.split("@", 1)[0])
-    return known is not None and not known.needs_inputs
+    return data_free(method)
 
 
 def _curves(curves: dict[str, Any]) -> str:

@@ -399,6 +399,19 @@ def analyse(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0,
             "model_view": model_view(rows, n_boot=n_boot, seed=seed)}
 
 
+def write_analysis(rows: list[dict[str, Any]], out_dir: str | os.PathLike[str],
+                   max_boot: int = MAX_BOOT) -> dict[str, Any]:
+    """``analyse(rows)`` with the study's resample cap ``max_boot``, written atomically to
+    ``out_dir/analysis.json`` (what ``lensbias sweep`` leaves beside its results, and what
+    ``lensbias sweep-report`` reuses when it holds the same cells); returns the analysis."""
+    result = analyse(rows, study_boot=min(2000, max_boot), study_max_boot=max_boot)
+    target = Path(out_dir) / "analysis.json"
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=1, allow_nan=False))
+    os.replace(tmp, target)
+    return result
+
+
 def interaction_table(result: dict[str, Any]) -> str:
     """The interaction rows as a small text table (what ``lensbias sweep`` prints)."""
     rows = result["interaction"]["rows"] if "interaction" in result else result["rows"]

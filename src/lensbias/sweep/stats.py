@@ -88,6 +88,16 @@ def method_label(row: dict[str, Any]) -> str:
     return row["method"] if targets in (None, "attn+mlp") else f"{row['method']}@{targets}"
 
 
+def data_free(method: str) -> bool:
+    """True for a method that reads no calibration data (``needs_inputs`` false: magnitude
+    in every variant, rtn); its calibration corpus is a label of the cell, not an input.
+    ``@targets`` (``method_label``) is stripped; an unknown method is not data-free."""
+    from lensbias.compress.base import METHODS
+
+    known = METHODS.get(method.split("@", 1)[0])
+    return known is not None and not known.needs_inputs
+
+
 def t_interval(values: np.ndarray, confidence: float = CONFIDENCE
                ) -> tuple[float, list[float], float, int]:
     """Mean, t interval (n − 1 degrees of freedom), standard error and n of ``values``
