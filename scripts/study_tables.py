@@ -332,4 +332,10 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from lensbias.errors import LensbiasError
+
+    try:
+        main(sys.argv[1:])
+    except LensbiasError as err:   # e.g. a folder that is not a sweep folder: one line
+        print(f"study_tables: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

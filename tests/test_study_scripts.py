@@ -91,7 +91,7 @@ def _gz(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def test_study_folder_reads_back_as_a_sweep(tmp_path):
+def test_study_folder_reads_back_as_a_sweep(tmp_path, capsys):
     folder = _script("study_folder")
     rows = planted_rows()
     calibrated = [r for r in rows if r["method"] in ("wanda", "gptq")]
@@ -102,11 +102,25 @@ def test_study_folder_reads_back_as_a_sweep(tmp_path):
     back = read_results(tmp_path / "both")
     key = lambda r: (r["cell_id"], r["concept"])  # noqa: E731
     assert sorted(back, key=key) == sorted(rows, key=key)
-    with pytest.raises(SystemExit, match="exists"):
-        folder.lay_out(tmp_path / "both", [a])
-    with pytest.raises(SystemExit, match="is in both"):
-        folder.lay_out(tmp_path / "twice", [a, a])
-    assert not (tmp_path / "twice").exists()
+    for out, files, message in ((tmp_path / "both", [a], "exists"),
+                                (tmp_path / "twice", [a, a], "is in both"),
+                                (tmp_path / "gone", [a, tmp_path / "no.gz"], "cannot read")):
+        with pytest.raises(SystemExit) as stop:
+            folder.lay_out(out, files)
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1   # one line
+    assert not (tmp_path / "twice").exists() and not (tmp_path / "gone").exists()
+
+
+@pytest.mark.parametrize("args", [["out", "a.gz", "--max-boot"],
+                                  ["out", "a.gz", "--max-boot", "x"],
+                                  ["out", "a.gz", "--max-boot", "10"], ["out"]])
+def test_study_folder_refuses_bad_arguments_in_one_line(args, capsys):
+    folder = _script("study_folder")
+    with pytest.raises(SystemExit) as stop:
+        folder.parse(args)
+    assert stop.value.code == 2 and capsys.readouterr().err.count("\n") == 1
 
 
 def test_study_folder_writes_the_sweep_analysis(tmp_path):
