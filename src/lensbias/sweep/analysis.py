@@ -169,7 +169,8 @@ def phase_curves(rows: list[dict[str, Any]], threshold: float = THRESHOLD) -> di
         means = [float(np.mean(by_level[lv])) for lv in levels]
         descending = param in MORE_IS_LESS
         curves.append({"method": method, "param": param, "calib": calib,
-                       "calib_domain": domain[key], "concept_domain": cdom, "descending": descending,
+                       "calib_domain": domain[key], "concept_domain": cdom,
+                       "descending": descending,
                        "points": [{"level": lv, "survival": m, "n": len(by_level[lv])}
                                   for lv, m in zip(levels, means)],
                        "collapse_level": collapse_threshold(levels, means, descending,
